@@ -1,0 +1,1 @@
+//! Configuration resources loaded from Kubernetes-style YAML.

@@ -1,0 +1,19 @@
+//! The registry: the immutable snapshot data-plane workers read, and the
+//! translation from configuration resources to it.
+
+pub mod snapshot;
+pub mod status;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use snapshot::*;
+
+/// Shared handle through which the control thread publishes snapshots and
+/// workers read them (`load()` per connection or request).
+pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
+
+pub fn new_handle(snapshot: Snapshot) -> SnapshotHandle {
+    Arc::new(ArcSwap::from_pointee(snapshot))
+}

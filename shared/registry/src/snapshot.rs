@@ -1,0 +1,357 @@
+//! The immutable snapshot every data-plane worker reads.
+//!
+//! Built off the hot path by translation (`translate`), published with arc-swap
+//! (`SnapshotHandle`), and read by workers with one `load()` per connection or
+//! request. Everything a request needs is resolved here (endpoints, precedence,
+//! hostnames) so that the hot path only compares and picks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::status::StatusReport;
+
+/// `namespace/name` of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// Increases by one with every published snapshot.
+    pub version: u64,
+    /// Every port some served Gateway listens on.
+    pub ports: BTreeMap<u16, Arc<PortConfig>>,
+    /// Gateway API status conditions computed during translation.
+    pub status: StatusReport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerProtocol {
+    Http,
+}
+
+/// All listeners (possibly of several Gateways) that share one port.
+#[derive(Debug, Serialize)]
+pub struct PortConfig {
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    /// Listener isolation: a request is served only by the listener whose hostname
+    /// matches its Host most specifically (exact, then longest wildcard, then none).
+    pub listeners: ListenerSet,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ListenerSet {
+    pub exact: HashMap<String, Arc<Listener>>,
+    /// Wildcard listeners as `(suffix including the leading dot, listener)`,
+    /// longest suffix first. `*.example.com` is stored as `.example.com`.
+    pub wildcard: Vec<(String, Arc<Listener>)>,
+    /// The listener without a hostname, if any.
+    pub any: Option<Arc<Listener>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    pub gateway: ObjectRef,
+    pub name: String,
+    pub hostname: Option<String>,
+    pub routes: VirtualHosts,
+}
+
+/// The routes attached to one listener grouped by the hostname they serve.
+/// Hostnames here are already intersected with the listener's hostname.
+/// A request is matched only against the most specific host group that
+/// matches its Host (exact, then longest wildcard, then `any`).
+#[derive(Debug, Default, Serialize)]
+pub struct VirtualHosts {
+    pub exact: HashMap<String, Arc<RouteTable>>,
+    /// `(suffix including the leading dot, table)`, longest suffix first.
+    pub wildcard: Vec<(String, Arc<RouteTable>)>,
+    pub any: Option<Arc<RouteTable>>,
+}
+
+/// Route entries in Gateway API precedence order: the first entry whose
+/// matcher accepts the request wins.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    pub entries: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteEntry {
+    pub matcher: RequestMatcher,
+    pub rule: Arc<RouteRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestMatcher {
+    pub path: PathMatch,
+    /// Upper-case method, e.g. "GET".
+    pub method: Option<String>,
+    pub headers: Vec<HeaderMatch>,
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-wise prefix: `/v2` matches `/v2` and `/v2/x`, not `/v2x`.
+    /// Stored without a trailing slash (except the root `/`).
+    Prefix(String),
+    /// Compiled anchored (`^(?:...)$`) by translation: it must match the whole path.
+    Regex(#[serde(serialize_with = "serialize_regex")] regex::Regex),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryParamMatch {
+    /// Exact, case-sensitive parameter name.
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    /// Compiled anchored (`^(?:...)$`) by translation.
+    Regex(#[serde(serialize_with = "serialize_regex")] regex::Regex),
+}
+
+fn serialize_regex<S: serde::Serializer>(re: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(re.as_str())
+}
+
+/// One rule of one route: what happens to a request once it matched.
+#[derive(Debug, Serialize)]
+pub struct RouteRule {
+    /// The HTTPRoute this rule came from, for logs and metrics.
+    pub route: ObjectRef,
+    pub rule_index: usize,
+    /// Filters in the order the route lists them.
+    pub filters: Vec<Filter>,
+    /// Empty means: no backendRefs were given (500 unless a filter answers,
+    /// e.g. a redirect).
+    pub backends: Vec<WeightedBackend>,
+    /// Sum of the weights, cached for the pick.
+    pub total_weight: u32,
+    pub timeouts: Timeouts,
+    pub retry: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timeouts {
+    /// Whole request, client side: from the request's arrival to the end of the response headers
+    /// (includes retries). None = no timeout.
+    pub request: Option<Duration>,
+    /// One attempt to the backend.
+    pub backend_request: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Upstream status codes that trigger a retry. Connection failures
+    /// (refused, reset, no response) always do when a retry policy is set.
+    pub codes: Vec<u16>,
+    /// Number of retries after the first try.
+    pub attempts: u32,
+    /// Base backoff between tries.
+    pub backoff: Option<Duration>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WeightedBackend {
+    pub weight: u32,
+    pub target: BackendTarget,
+    /// Backend-level filters (HTTPBackendRef.filters), applied after the rule's.
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Serialize)]
+pub enum BackendTarget {
+    Cluster(Arc<Cluster>),
+    /// A backendRef that does not resolve (missing Service, bad kind, not
+    /// permitted by a ReferenceGrant): requests picking it get a 500.
+    Invalid { reason: String },
+}
+
+/// A set of interchangeable endpoints: one Service port or ServiceEntry port.
+#[derive(Debug, Serialize)]
+pub struct Cluster {
+    /// `namespace/service:port`.
+    pub name: String,
+    pub service: ObjectRef,
+    pub port: u16,
+    /// Ready endpoints. Empty means 503.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Filter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect(Redirect),
+    UrlRewrite(UrlRewrite),
+    Mirror(Mirror),
+    Cors(Arc<CorsPolicy>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderModifier {
+    /// (name as written, value). Set replaces every existing value.
+    pub set: Vec<(String, String)>,
+    /// Add appends a value (joined with "," by readers when the header exists).
+    pub add: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replace the matched prefix (the rule's PathPrefix value) with this.
+    ReplacePrefixMatch(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    /// 301 or 302 (default 302).
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    pub target: Arc<Cluster>,
+    /// Percentage of requests to mirror, 0..=100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CorsPolicy {
+    /// Origins as written: `*`, exact `https://a.com`, or with a wildcard host `https://*.a.com`.
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_seconds: Option<u32>,
+}
+
+impl ListenerSet {
+    /// Listener isolation: the most specific listener for `host` (port already stripped, lower-case).
+    pub fn select(&self, host: &str) -> Option<&Arc<Listener>> {
+        if let Some(l) = self.exact.get(host) {
+            return Some(l);
+        }
+        for (suffix, l) in &self.wildcard {
+            if wildcard_matches(suffix, host) {
+                return Some(l);
+            }
+        }
+        self.any.as_ref()
+    }
+}
+
+impl VirtualHosts {
+    /// The host group for `host` (port already stripped, lower-case).
+    pub fn select(&self, host: &str) -> Option<&Arc<RouteTable>> {
+        if let Some(t) = self.exact.get(host) {
+            return Some(t);
+        }
+        for (suffix, t) in &self.wildcard {
+            if wildcard_matches(suffix, host) {
+                return Some(t);
+            }
+        }
+        self.any.as_ref()
+    }
+}
+
+/// `suffix` is `.example.com` for `*.example.com`; the wildcard needs at least
+/// one label in front of it (Gateway API: `*.example.com` does not match `example.com`).
+pub fn wildcard_matches(suffix: &str, host: &str) -> bool {
+    host.len() > suffix.len() && host.ends_with(suffix)
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                if p == "/" {
+                    return true;
+                }
+                path.starts_with(p.as_str())
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(v) => v == value,
+            StringMatch::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matches_by_segment() {
+        let p = PathMatch::Prefix("/v2".into());
+        assert!(p.matches("/v2"));
+        assert!(p.matches("/v2/"));
+        assert!(p.matches("/v2/example"));
+        assert!(!p.matches("/v2example"));
+        assert!(!p.matches("/foo/v2"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn regex_path_must_match_whole_path() {
+        let p = PathMatch::Regex(regex::Regex::new("^(?:/v[0-9]+)$").unwrap());
+        assert!(p.matches("/v12"));
+        assert!(!p.matches("/v12/x"));
+    }
+
+    #[test]
+    fn wildcard_needs_a_label() {
+        assert!(wildcard_matches(".example.com", "a.example.com"));
+        assert!(wildcard_matches(".example.com", "a.b.example.com"));
+        assert!(!wildcard_matches(".example.com", "example.com"));
+        assert!(!wildcard_matches(".example.com", "aexample.com"));
+    }
+}
