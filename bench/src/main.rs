@@ -12,7 +12,10 @@ mod load;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bench", about = "ringmesh load generator, echo backend and benchmarks")]
+#[command(
+    name = "bench",
+    about = "ringmesh load generator, echo backend and benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,8 +36,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -16,7 +16,11 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn new(workers: usize) -> Self {
-        Self { workers: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect() }
+        Self {
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerMetrics::default()))
+                .collect(),
+        }
     }
 }
 

@@ -3,12 +3,14 @@
 
 pub mod snapshot;
 pub mod status;
+pub mod translate;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 pub use snapshot::*;
+pub use translate::{translate, TranslateOptions};
 
 /// Shared handle through which the control thread publishes snapshots and
 /// workers read them (`load()` per connection or request).

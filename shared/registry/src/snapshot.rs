@@ -189,7 +189,9 @@ pub enum BackendTarget {
     Cluster(Arc<Cluster>),
     /// A backendRef that does not resolve (missing Service, bad kind, not
     /// permitted by a ReferenceGrant): requests picking it get a 500.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// A set of interchangeable endpoints: one Service port or ServiceEntry port.
