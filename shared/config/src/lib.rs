@@ -1,44 +1,23 @@
 //! Configuration resources loaded from Kubernetes-style YAML.
+//!
+//! `load_path` reads a file or folder; each document becomes a typed object in
+//! `Resources`, or a `ConfigError` naming the file, the object and the field.
 
-use std::path::{Path, PathBuf};
+mod errors;
+mod kinds;
+mod load;
 
-/// Every resource kind ringmesh understands, as loaded from the config path.
-#[derive(Debug, Default, Clone)]
-pub struct Resources {}
+pub use errors::ConfigError;
+pub use kinds::*;
+pub use load::{load_path, load_str, load_strs};
 
-/// A document (or one field of it) that was rejected. The rest still loads.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// `Kind namespace/name`, when the document got that far.
-    pub object: Option<String>,
-    /// Dotted field path, e.g. `spec.rules[0].matches[0].path.type`.
-    pub field: Option<String>,
-    pub message: String,
-}
+/// Re-exported so that consumers use the very same spec types.
+pub use gateway_api;
+pub use k8s_openapi;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(o) = &self.object {
-            write!(f, ": {o}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
+/// The result of loading: everything that parsed, and every rejected document.
 #[derive(Debug, Default, Clone)]
 pub struct Loaded {
     pub resources: Resources,
     pub errors: Vec<ConfigError>,
-}
-
-/// Loads a file or a folder (recursively, `.yaml`/`.yml`, many documents per
-/// file). Fails only when the path itself cannot be read.
-pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
-    std::fs::metadata(path)?;
-    Ok(Loaded::default())
 }

@@ -1,0 +1,460 @@
+//! Loading: files and folders → documents → typed objects.
+//!
+//! Every document is parsed on its own (the file is split on `---` lines
+//! first), so one broken document never hides the others, and a YAML syntax
+//! error can name its line in the file.
+//!
+//! Duplicates (same kind, namespace and name): the later one (in sorted path
+//! order, then document order) wins, and an error naming both places is
+//! recorded so that `/status` shows it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+use crate::errors::ConfigError;
+use crate::kinds::{Meta, Object, Resolution, Resources, ServiceEntrySpec};
+use crate::Loaded;
+
+/// Loads a file or a folder (recursively, `.yaml`/`.yml`, sorted paths, many
+/// documents per file). Fails only when the path itself cannot be read; bad
+/// documents and unreadable files inside a folder become `Loaded::errors`.
+pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config path {}: {e}", path.display()))?;
+    let mut files = Vec::new();
+    if meta.is_dir() {
+        collect_yaml_files(path, &mut files)?;
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut loader = Loader::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => loader.add_file(&file, &text),
+            Err(e) => loader.errors.push(ConfigError {
+                file: file.clone(),
+                object: None,
+                field: None,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    Ok(loader.finish())
+}
+
+/// Loads YAML text as if it were the file `file` (tests, embedded configs).
+pub fn load_str(file: impl AsRef<Path>, text: &str) -> Loaded {
+    load_strs(&[(file.as_ref(), text)])
+}
+
+/// Loads several YAML texts in order, as if they were files.
+pub fn load_strs(files: &[(&Path, &str)]) -> Loaded {
+    let mut loader = Loader::default();
+    for (file, text) in files {
+        loader.add_file(file, text);
+    }
+    loader.finish()
+}
+
+fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read folder {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let file_type = entry.file_type()?;
+        // Follow symlinks like a plain `stat` would (ConfigMap mounts use them).
+        let is_dir = file_type.is_dir() || (file_type.is_symlink() && path.is_dir());
+        if is_dir {
+            // Skip hidden folders such as Kubernetes' `..data` atomic-writer dirs.
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
+            collect_yaml_files(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One document of a file: its text and the 1-based line it starts on.
+struct Document<'a> {
+    text: &'a str,
+    first_line: usize,
+}
+
+/// Splits a YAML stream on document markers (`---` at the start of a line).
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        let is_marker = trimmed == "---"
+            || trimmed.starts_with("--- ")
+            || trimmed.starts_with("---\t")
+            || trimmed == "...";
+        if is_marker {
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line: start_line,
+            });
+            // Content after `--- ` on the same line belongs to the next document.
+            let rest = if trimmed.len() > 3 && trimmed.starts_with("---") {
+                offset + 3
+            } else {
+                offset + line.len()
+            };
+            start = rest;
+            start_line = index + 1 + usize::from(rest == offset + line.len());
+        }
+        offset += line.len();
+    }
+    docs.push(Document {
+        text: &text[start..],
+        first_line: start_line,
+    });
+    docs
+}
+
+#[derive(Default)]
+struct Loader {
+    resources: Resources,
+    errors: Vec<ConfigError>,
+    /// (kind, namespace, name) → where it was loaded from, to report duplicates.
+    seen: HashMap<(&'static str, String, String), (PathBuf, usize)>,
+}
+
+/// Which kind a document is, after looking at apiVersion and kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum KnownKind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    Namespace,
+    Service,
+    EndpointSlice,
+    Secret,
+    ServiceEntry,
+}
+
+impl KnownKind {
+    fn of(api_version: &str, kind: &str) -> Option<Self> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        let known = match (group, kind) {
+            ("gateway.networking.k8s.io", "GatewayClass") => KnownKind::GatewayClass,
+            ("gateway.networking.k8s.io", "Gateway") => KnownKind::Gateway,
+            ("gateway.networking.k8s.io", "HTTPRoute") => KnownKind::HttpRoute,
+            ("gateway.networking.k8s.io", "ReferenceGrant") => KnownKind::ReferenceGrant,
+            ("", "Namespace") => KnownKind::Namespace,
+            ("", "Service") => KnownKind::Service,
+            ("", "Secret") => KnownKind::Secret,
+            ("discovery.k8s.io", "EndpointSlice") => KnownKind::EndpointSlice,
+            ("networking.istio.io", "ServiceEntry") => KnownKind::ServiceEntry,
+            _ => return None,
+        };
+        let version_ok = match known {
+            KnownKind::GatewayClass
+            | KnownKind::Gateway
+            | KnownKind::HttpRoute
+            | KnownKind::ReferenceGrant => matches!(version, "v1" | "v1beta1"),
+            KnownKind::Namespace | KnownKind::Service | KnownKind::Secret => version == "v1",
+            KnownKind::EndpointSlice => version == "v1",
+            KnownKind::ServiceEntry => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
+        };
+        version_ok.then_some(known)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            KnownKind::GatewayClass => "GatewayClass",
+            KnownKind::Gateway => "Gateway",
+            KnownKind::HttpRoute => "HTTPRoute",
+            KnownKind::ReferenceGrant => "ReferenceGrant",
+            KnownKind::Namespace => "Namespace",
+            KnownKind::Service => "Service",
+            KnownKind::EndpointSlice => "EndpointSlice",
+            KnownKind::Secret => "Secret",
+            KnownKind::ServiceEntry => "ServiceEntry",
+        }
+    }
+
+    fn cluster_scoped(self) -> bool {
+        matches!(self, KnownKind::GatewayClass | KnownKind::Namespace)
+    }
+}
+
+/// Where a document failed: the field path (dotted) and the message.
+struct FieldError {
+    field: Option<String>,
+    message: String,
+}
+
+impl FieldError {
+    fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes `value` reporting the failing field as `prefix.path`.
+fn typed<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix.is_empty(), path == "." || path.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(path),
+            (false, true) => Some(prefix.to_string()),
+            (false, false) => Some(format!("{prefix}.{path}")),
+        };
+        FieldError {
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+impl Loader {
+    fn add_file(&mut self, file: &Path, text: &str) {
+        for (index, doc) in split_documents(text).into_iter().enumerate() {
+            self.add_document(file, index, &doc);
+        }
+    }
+
+    fn error(&mut self, file: &Path, object: Option<String>, error: FieldError) {
+        self.errors.push(ConfigError {
+            file: file.to_path_buf(),
+            object,
+            field: error.field,
+            message: error.message,
+        });
+    }
+
+    fn add_document(&mut self, file: &Path, index: usize, doc: &Document<'_>) {
+        let value: Value = match serde_yaml_ng::from_str(doc.text) {
+            Ok(v) => v,
+            Err(e) => {
+                let message = match e.location() {
+                    Some(loc) => format!(
+                        "YAML syntax error at line {}: {e}",
+                        doc.first_line + loc.line().saturating_sub(1)
+                    ),
+                    None => format!("YAML syntax error in document {}: {e}", index + 1),
+                };
+                self.error(
+                    file,
+                    None,
+                    FieldError {
+                        field: None,
+                        message,
+                    },
+                );
+                return;
+            }
+        };
+        let mut map = match value {
+            Value::Null => return,
+            Value::Mapping(m) if m.is_empty() => return,
+            Value::Mapping(m) => m,
+            _ => {
+                let message = format!(
+                    "document {} (line {}) is not a mapping",
+                    index + 1,
+                    doc.first_line
+                );
+                self.error(
+                    file,
+                    None,
+                    FieldError {
+                        field: None,
+                        message,
+                    },
+                );
+                return;
+            }
+        };
+        let api_version = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let kind_name = map.get("kind").and_then(Value::as_str).map(str::to_string);
+        let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
+            let message = format!(
+                "document {} (line {}) needs apiVersion and kind",
+                index + 1,
+                doc.first_line
+            );
+            self.error(
+                file,
+                None,
+                FieldError {
+                    field: None,
+                    message,
+                },
+            );
+            return;
+        };
+        let Some(kind) = KnownKind::of(&api_version, &kind_name) else {
+            tracing::debug!(
+                file = %file.display(),
+                "skipping unsupported kind {api_version}/{kind_name}"
+            );
+            return;
+        };
+
+        let metadata_value = map
+            .get("metadata")
+            .cloned()
+            .unwrap_or(Value::Mapping(Default::default()));
+        let metadata: ObjectMeta = match typed(metadata_value, "metadata") {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(file, Some(kind.name().to_string()), e);
+                return;
+            }
+        };
+        let Some(name) = metadata.name.clone().filter(|n| !n.is_empty()) else {
+            self.error(
+                file,
+                Some(kind.name().to_string()),
+                FieldError::at("metadata.name", "required"),
+            );
+            return;
+        };
+        let namespace = if kind.cluster_scoped() {
+            String::new()
+        } else {
+            metadata
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".to_string())
+        };
+        let object_name = if kind.cluster_scoped() {
+            format!("{} {name}", kind.name())
+        } else {
+            format!("{} {namespace}/{name}", kind.name())
+        };
+        let meta = Meta {
+            namespace,
+            name,
+            labels: metadata.labels.clone().unwrap_or_default(),
+            generation: metadata.generation.unwrap_or(0),
+            created_nanos: metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_nanosecond()),
+            file: file.to_path_buf(),
+            document: index,
+        };
+
+        let spec = map
+            .remove("spec")
+            .unwrap_or(Value::Mapping(Default::default()));
+        let whole = || Value::Mapping(map.clone());
+        let result =
+            match kind {
+                KnownKind::GatewayClass => typed(spec, "spec")
+                    .map(|s| insert(&mut self.resources.gateway_classes, &meta, s)),
+                KnownKind::Gateway => {
+                    typed(spec, "spec").map(|s| insert(&mut self.resources.gateways, &meta, s))
+                }
+                KnownKind::HttpRoute => {
+                    typed(spec, "spec").map(|s| insert(&mut self.resources.http_routes, &meta, s))
+                }
+                KnownKind::ReferenceGrant => typed(spec, "spec")
+                    .map(|s| insert(&mut self.resources.reference_grants, &meta, s)),
+                KnownKind::Namespace => Ok(insert(&mut self.resources.namespaces, &meta, ())),
+                KnownKind::Service => {
+                    typed(spec, "spec").map(|s| insert(&mut self.resources.services, &meta, s))
+                }
+                KnownKind::EndpointSlice => typed(whole(), "")
+                    .map(|s| insert(&mut self.resources.endpoint_slices, &meta, s)),
+                KnownKind::Secret => {
+                    // Secrets keep `data`/`type` at the top level, not under `spec`.
+                    typed(whole(), "").map(|s| insert(&mut self.resources.secrets, &meta, s))
+                }
+                KnownKind::ServiceEntry => typed::<ServiceEntrySpec>(spec, "spec")
+                    .and_then(|s| validate_service_entry(&s).map(|()| s))
+                    .map(|s| insert(&mut self.resources.service_entries, &meta, s)),
+            };
+        match result {
+            Err(e) => self.error(file, Some(object_name), e),
+            Ok(()) => self.note_duplicate(kind, &meta, object_name),
+        }
+    }
+
+    fn note_duplicate(&mut self, kind: KnownKind, meta: &Meta, object_name: String) {
+        let key = (kind.name(), meta.namespace.clone(), meta.name.clone());
+        let here = (meta.file.clone(), meta.document);
+        if let Some((file, doc)) = self.seen.insert(key, here) {
+            self.errors.push(ConfigError {
+                file: meta.file.clone(),
+                object: Some(object_name),
+                field: None,
+                message: format!(
+                    "duplicate object: replaces the one in {} (document {}); the later one is used",
+                    file.display(),
+                    doc + 1
+                ),
+            });
+        }
+    }
+
+    fn finish(self) -> Loaded {
+        Loaded {
+            resources: self.resources,
+            errors: self.errors,
+        }
+    }
+}
+
+fn insert<T>(map: &mut BTreeMap<(String, String), Object<T>>, meta: &Meta, spec: T) {
+    map.insert(
+        (meta.namespace.clone(), meta.name.clone()),
+        Object {
+            meta: meta.clone(),
+            spec,
+        },
+    );
+}
+
+fn validate_service_entry(spec: &ServiceEntrySpec) -> Result<(), FieldError> {
+    if spec.resolution == Some(Resolution::Static) {
+        for (i, ep) in spec.endpoints.iter().enumerate() {
+            if ep.address.parse::<std::net::IpAddr>().is_err() {
+                return Err(FieldError::at(
+                    format!("spec.endpoints[{i}].address"),
+                    format!(
+                        "resolution STATIC needs an IP address, got {:?}",
+                        ep.address
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
