@@ -189,7 +189,10 @@ impl KnownKind {
             KnownKind::Gateway => "Gateway",
             KnownKind::HttpRoute => "HTTPRoute",
             KnownKind::ReferenceGrant => "ReferenceGrant",
-            KnownKind::Namespace => "Namespace",
+            KnownKind::Namespace => {
+                insert(&mut self.resources.namespaces, &meta, ());
+                Ok(())
+            }
             KnownKind::Service => "Service",
             KnownKind::EndpointSlice => "EndpointSlice",
             KnownKind::Secret => "Secret",
