@@ -189,10 +189,7 @@ impl KnownKind {
             KnownKind::Gateway => "Gateway",
             KnownKind::HttpRoute => "HTTPRoute",
             KnownKind::ReferenceGrant => "ReferenceGrant",
-            KnownKind::Namespace => {
-                insert(&mut self.resources.namespaces, &meta, ());
-                Ok(())
-            }
+            KnownKind::Namespace => "Namespace",
             KnownKind::Service => "Service",
             KnownKind::EndpointSlice => "EndpointSlice",
             KnownKind::Secret => "Secret",
@@ -387,7 +384,10 @@ impl Loader {
                 }
                 KnownKind::ReferenceGrant => typed(spec, "spec")
                     .map(|s| insert(&mut self.resources.reference_grants, &meta, s)),
-                KnownKind::Namespace => Ok(insert(&mut self.resources.namespaces, &meta, ())),
+                KnownKind::Namespace => {
+                    insert(&mut self.resources.namespaces, &meta, ());
+                    Ok(())
+                }
                 KnownKind::Service => {
                     typed(spec, "spec").map(|s| insert(&mut self.resources.services, &meta, s))
                 }
