@@ -1,13 +1,34 @@
 //! The L7 engine: HTTP/1.1 server and client, routing, filters, traffic
 //! policy and per-worker upstream pools.
+//!
+//! One [`HttpHandler`] per worker serves every connection that worker
+//! accepts: it reads requests (httparse), routes them against the current
+//! snapshot (one `load` per request), applies the route's filters, forwards
+//! to a backend endpoint over a per-worker keep-alive pool and streams the
+//! response back. Bodies stream in both directions, never buffered whole.
+//! The worker's runtime must have its timer enabled (`enable_timer()`).
 
+pub mod body;
+pub mod codec;
+pub mod filters;
+pub mod io;
 pub mod metrics;
+mod proxy;
+pub mod route;
+mod server;
+mod tunnel;
+pub mod upstream;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_registry::SnapshotHandle;
 use mesh_runtime::{Accepted, ConnectionHandler};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 pub use metrics::{HttpMetrics, WorkerMetrics};
 
@@ -15,51 +36,69 @@ pub use metrics::{HttpMetrics, WorkerMetrics};
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// A request's header block must arrive within this (slowloris guard): 408.
-    pub request_header_timeout: std::time::Duration,
+    pub request_header_timeout: Duration,
     /// Largest request header block: 431 beyond.
     pub max_request_header_bytes: usize,
     /// Idle keep-alive connections are closed after this.
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
+    /// Largest request body accepted (413 beyond). None: no limit.
+    pub max_request_body_bytes: Option<u64>,
+    /// Request bodies up to this size (with a known length) are read whole
+    /// before forwarding, which makes them replayable for retries and mirrors.
+    pub max_buffered_body_bytes: usize,
+    /// Largest upstream response header block (502 beyond).
+    pub max_response_header_bytes: usize,
+    /// Idle upstream connections kept per endpoint per worker.
+    pub max_idle_per_endpoint: usize,
+    /// Establishing an upstream connection (502 on expiry unless a route
+    /// timeout is shorter).
+    pub connect_timeout: Duration,
+    /// Upper bound for a mirrored request, whose response is discarded.
+    pub mirror_timeout: Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
-            request_header_timeout: std::time::Duration::from_secs(30),
+            request_header_timeout: Duration::from_secs(30),
             max_request_header_bytes: 64 * 1024,
-            idle_timeout: std::time::Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(300),
+            max_request_body_bytes: None,
+            max_buffered_body_bytes: 64 * 1024,
+            max_response_header_bytes: 64 * 1024,
+            max_idle_per_endpoint: 64,
+            connect_timeout: Duration::from_secs(5),
+            mirror_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// One per worker: serves every HTTP connection that worker accepts.
 pub struct HttpHandler {
-    #[allow(dead_code)]
-    snapshots: SnapshotHandle,
-    #[allow(dead_code)]
-    metrics: Arc<WorkerMetrics>,
-    #[allow(dead_code)]
-    options: HttpOptions,
+    pub(crate) snapshots: SnapshotHandle,
+    pub(crate) metrics: Arc<WorkerMetrics>,
+    pub(crate) options: HttpOptions,
+    pub(crate) pool: upstream::pool::Pool,
+    pub(crate) rng: RefCell<SmallRng>,
+    /// Round-robin position per cluster name.
+    pub(crate) round_robin: RefCell<HashMap<String, usize>>,
 }
 
 impl HttpHandler {
-    pub fn new(
-        snapshots: SnapshotHandle,
-        metrics: Arc<WorkerMetrics>,
-        options: HttpOptions,
-    ) -> Self {
+    pub fn new(snapshots: SnapshotHandle, metrics: Arc<WorkerMetrics>, options: HttpOptions) -> Self {
         Self {
             snapshots,
             metrics,
+            pool: upstream::pool::Pool::new(options.max_idle_per_endpoint),
             options,
+            rng: RefCell::new(SmallRng::from_os_rng()),
+            round_robin: RefCell::new(HashMap::new()),
         }
     }
 }
 
 impl ConnectionHandler for HttpHandler {
     fn handle(self: Rc<Self>, conn: Accepted) -> impl std::future::Future<Output = ()> + 'static {
-        async move {
-            drop(conn);
-        }
+        server::serve(self, conn)
     }
 }

@@ -1,12 +1,131 @@
 //! Per-worker request counters, summed when scraped.
+//!
+//! Each worker writes only its own `WorkerMetrics`; the request table sits
+//! behind a Mutex that only the scraper ever contends for, and the
+//! connection counters are relaxed atomics.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use mesh_registry::Cluster;
 use mesh_runtime::MetricsSource;
+
+/// Istio's default buckets for `istio_request_duration_milliseconds`.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct CodeStats {
+    pub count: u64,
+    pub sum_ms: f64,
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    pub buckets: [u64; DURATION_BUCKETS_MS.len() + 1],
+}
+
+impl CodeStats {
+    fn observe(&mut self, ms: f64) {
+        self.count += 1;
+        self.sum_ms += ms;
+        let i = DURATION_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(DURATION_BUCKETS_MS.len());
+        self.buckets[i] += 1;
+    }
+
+    fn merge(&mut self, other: &CodeStats) {
+        self.count += other.count;
+        self.sum_ms += other.sum_ms;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Destination labels of one cluster (or "unknown").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Destination {
+    pub service: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Default)]
+struct DestStats {
+    labels: Option<Destination>,
+    codes: Vec<(u16, CodeStats)>,
+}
 
 /// Written only by its own worker; read by the scraper.
 #[derive(Default, Debug)]
-pub struct WorkerMetrics {}
+pub struct WorkerMetrics {
+    requests: Mutex<HashMap<String, DestStats>>,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+}
+
+const UNKNOWN: &str = "unknown";
+
+impl WorkerMetrics {
+    /// One finished request: its status and the cluster it went to (None when
+    /// answered by the gateway before a backend was chosen).
+    pub fn record_request(&self, status: u16, cluster: Option<&Cluster>, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let key = cluster.map_or(UNKNOWN, |c| c.name.as_str());
+        let mut table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let dest = match table.get_mut(key) {
+            Some(d) => d,
+            None => table.entry(key.to_owned()).or_insert_with(|| DestStats {
+                labels: cluster.map(|c| Destination {
+                    service: format!("{}.{}.svc.cluster.local", c.service.name, c.service.namespace),
+                    name: c.service.name.clone(),
+                    namespace: c.service.namespace.clone(),
+                }),
+                codes: Vec::new(),
+            }),
+        };
+        match dest.codes.iter_mut().find(|(c, _)| *c == status) {
+            Some((_, s)) => s.observe(ms),
+            None => {
+                let mut s = CodeStats::default();
+                s.observe(ms);
+                dest.codes.push((status, s));
+            }
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot of this worker's request table: (destination, code) → stats.
+    pub fn requests(&self) -> BTreeMap<(Destination, u16), CodeStats> {
+        let mut out = BTreeMap::new();
+        let table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        for dest in table.values() {
+            let labels = dest.labels.clone().unwrap_or_else(|| Destination {
+                service: UNKNOWN.into(),
+                name: UNKNOWN.into(),
+                namespace: UNKNOWN.into(),
+            });
+            for (code, stats) in &dest.codes {
+                out.entry((labels.clone(), *code))
+                    .or_insert_with(CodeStats::default)
+                    .merge(stats);
+            }
+        }
+        out
+    }
+}
 
 /// All workers' counters, registered once with the metrics server.
 #[derive(Default, Debug)]
@@ -17,13 +136,112 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(workers: usize) -> Self {
         Self {
-            workers: (0..workers)
-                .map(|_| Arc::new(WorkerMetrics::default()))
-                .collect(),
+            workers: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
         }
+    }
+
+    /// Sum over workers.
+    pub fn requests(&self) -> BTreeMap<(Destination, u16), CodeStats> {
+        let mut total: BTreeMap<(Destination, u16), CodeStats> = BTreeMap::new();
+        for w in &self.workers {
+            for (k, v) in w.requests() {
+                total.entry(k).or_default().merge(&v);
+            }
+        }
+        total
     }
 }
 
+fn labels(out: &mut String, d: &Destination, code: u16) {
+    let _ = write!(
+        out,
+        "response_code=\"{code}\",source_workload=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",reporter=\"source\",request_protocol=\"http\"",
+        d.service, d.name, d.namespace
+    );
+}
+
 impl MetricsSource for HttpMetrics {
-    fn render(&self, _out: &mut String) {}
+    fn render(&self, out: &mut String) {
+        let requests = self.requests();
+        out.push_str("# TYPE istio_requests_total counter\n");
+        for ((d, code), s) in &requests {
+            out.push_str("istio_requests_total{");
+            labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.count);
+        }
+        out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
+        for ((d, code), s) in &requests {
+            let mut cumulative = 0;
+            for (i, n) in s.buckets.iter().enumerate() {
+                cumulative += n;
+                out.push_str("istio_request_duration_milliseconds_bucket{");
+                labels(out, d, *code);
+                match DURATION_BUCKETS_MS.get(i) {
+                    Some(le) => {
+                        let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
+                    }
+                    None => {
+                        let _ = writeln!(out, ",le=\"+Inf\"}} {cumulative}");
+                    }
+                }
+            }
+            out.push_str("istio_request_duration_milliseconds_sum{");
+            labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.sum_ms);
+            out.push_str("istio_request_duration_milliseconds_count{");
+            labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.count);
+        }
+        let opened: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.connections_opened.load(Ordering::Relaxed))
+            .sum();
+        let closed: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.connections_closed.load(Ordering::Relaxed))
+            .sum();
+        out.push_str("# TYPE istio_tcp_connections_opened_total counter\n");
+        let _ = writeln!(
+            out,
+            "istio_tcp_connections_opened_total{{reporter=\"destination\",request_protocol=\"http\"}} {opened}"
+        );
+        out.push_str("# TYPE istio_tcp_connections_closed_total counter\n");
+        let _ = writeln!(
+            out,
+            "istio_tcp_connections_closed_total{{reporter=\"destination\",request_protocol=\"http\"}} {closed}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_registry::ObjectRef;
+
+    #[test]
+    fn render_sums_workers() {
+        let m = HttpMetrics::new(2);
+        let c = Cluster {
+            name: "ns/svc:80".into(),
+            service: ObjectRef {
+                namespace: "ns".into(),
+                name: "svc".into(),
+            },
+            port: 80,
+            endpoints: vec![],
+        };
+        m.workers[0].record_request(200, Some(&c), Duration::from_millis(3));
+        m.workers[1].record_request(200, Some(&c), Duration::from_millis(700));
+        m.workers[1].record_request(404, None, Duration::from_micros(100));
+        m.workers[0].connection_opened();
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("istio_requests_total{response_code=\"200\",source_workload=\"unknown\",destination_service=\"svc.ns.svc.cluster.local\",destination_service_name=\"svc\",destination_service_namespace=\"ns\",reporter=\"source\",request_protocol=\"http\"} 2"), "{out}");
+        assert!(out.contains("response_code=\"404\",source_workload=\"unknown\",destination_service=\"unknown\""));
+        assert!(out.contains("le=\"5\"} 1"));
+        assert!(out.contains("le=\"1000\"} 2"));
+        assert!(out.contains("istio_tcp_connections_opened_total{reporter=\"destination\",request_protocol=\"http\"} 1"));
+    }
 }

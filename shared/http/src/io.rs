@@ -1,0 +1,64 @@
+//! A TCP stream with its read buffer. monoio reads into owned buffers; a
+//! `BytesMut` passed directly is filled from its start, so reads go through a
+//! `SliceMut` over the spare capacity to append after what is buffered.
+
+use std::io;
+
+use bytes::BytesMut;
+use monoio::buf::{IoBuf, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+/// Bytes requested per read; also the unit a body streams in.
+pub const READ_SIZE: usize = 64 * 1024;
+/// Reserve more space when less than this is free.
+const MIN_SPARE: usize = 4 * 1024;
+
+pub struct Io {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+}
+
+impl Io {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    /// Reads once, appending to `rbuf`. Ok(0) means the peer closed.
+    /// If this future is dropped mid-read the buffered bytes are lost; callers
+    /// only do that when they are about to close the connection.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+            self.rbuf.reserve(READ_SIZE);
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = self.stream.read(SliceMut::new(buf, len, cap)).await;
+        self.rbuf = slice.into_inner();
+        res
+    }
+
+    pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> io::Result<T> {
+        write_all(&mut self.stream, buf).await
+    }
+}
+
+/// Writes a whole owned buffer and gives it back for reuse.
+pub async fn write_all<W: AsyncWriteRent, T: IoBuf + 'static>(w: &mut W, buf: T) -> io::Result<T> {
+    let (res, buf) = w.write_all(buf).await;
+    res.map(|_| buf)
+}
+
+/// Writes `buf` if non-empty, then clears it for reuse.
+pub async fn flush<W: AsyncWriteRent>(w: &mut W, buf: &mut BytesMut) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut b = write_all(w, std::mem::take(buf)).await?;
+    b.clear();
+    *buf = b;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The downstream connection loop: read a head, serve it, repeat while the
+//! connection may be kept; requests are answered strictly in order, so
+//! pipelined requests simply wait in the read buffer.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mesh_runtime::{Accepted, Drain};
+
+use crate::codec::request::parse_request;
+use crate::codec::RequestHead;
+use crate::io::Io;
+use crate::proxy::{self, Outcome};
+use crate::{tunnel, HttpHandler};
+
+/// One downstream connection's state.
+pub(crate) struct Client {
+    pub io: Io,
+    pub peer: SocketAddr,
+    pub port: u16,
+    pub drain: Drain,
+    /// Reused for every response head (and small bodies written with it).
+    pub wbuf: BytesMut,
+}
+
+pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
+    handler.metrics.connection_opened();
+    let _ = conn.stream.set_nodelay(true);
+    let mut client = Client {
+        io: Io::new(conn.stream),
+        peer: conn.peer,
+        port: conn.port,
+        drain: conn.drain,
+        wbuf: BytesMut::with_capacity(4096),
+    };
+    let mut first = true;
+    loop {
+        let Some(head) = read_head(&handler, &mut client, first).await else {
+            break;
+        };
+        first = false;
+        match proxy::handle(&handler, &mut client, head).await {
+            Outcome::KeepAlive if !client.drain.is_draining() => continue,
+            Outcome::KeepAlive | Outcome::Close => break,
+            Outcome::Upgrade(upstream) => {
+                tunnel::run(client.io, upstream).await;
+                break;
+            }
+        }
+    }
+    handler.metrics.connection_closed();
+}
+
+/// Waits for the next request head. None: close the connection (peer gone,
+/// idle timeout, drain, or an error response was already sent).
+async fn read_head(handler: &HttpHandler, client: &mut Client, first: bool) -> Option<RequestHead> {
+    let opts = &handler.options;
+    if client.io.rbuf.is_empty() {
+        // Idle between requests: close quietly on timeout or drain.
+        let wait = if first {
+            opts.request_header_timeout
+        } else {
+            opts.idle_timeout
+        };
+        let read = monoio::select! {
+            r = client.io.fill() => r,
+            _ = monoio::time::sleep(wait) => return None,
+            _ = client.drain.signaled() => return None,
+        };
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    let deadline = Instant::now() + opts.request_header_timeout;
+    loop {
+        match parse_request(&mut client.io.rbuf, opts.max_request_header_bytes) {
+            Ok(Some(head)) => return Some(head),
+            Ok(None) => {}
+            Err(e) => {
+                proxy::send_error(handler, client, e.status(), e.reason()).await;
+                return None;
+            }
+        }
+        match monoio::time::timeout_at(deadline.into(), client.io.fill()).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                proxy::send_error(handler, client, 408, "request header timeout").await;
+                return None;
+            }
+        }
+    }
+}

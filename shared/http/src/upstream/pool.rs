@@ -1,0 +1,97 @@
+//! Per-worker keep-alive pool of upstream connections, keyed by endpoint.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::io::Io;
+
+/// Connections idle longer than this are probed before reuse (a cheap
+/// non-blocking peek) because the peer may have closed them meanwhile.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+
+struct Idle {
+    io: Io,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            idle: RefCell::new(HashMap::new()),
+            max_idle,
+        }
+    }
+
+    /// The most recently used live idle connection to `addr`, if any.
+    /// `always_probe`: probe even recently used connections (when the request
+    /// cannot be replayed on a fresh connection if this one turns out dead).
+    pub fn take(&self, addr: SocketAddr, always_probe: bool) -> Option<Io> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if (always_probe || c.since.elapsed() > PROBE_AFTER) && !is_alive(&c.io.stream) {
+                continue;
+            }
+            return Some(c.io);
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly.
+    pub fn put(&self, addr: SocketAddr, io: Io) {
+        if self.max_idle == 0 || !io.rbuf.is_empty() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= self.max_idle {
+            // Drop the oldest: it is the most likely to be closed by the peer.
+            list.remove(0);
+        }
+        list.push(Idle {
+            io,
+            since: Instant::now(),
+        });
+    }
+
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+    }
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
+    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    stream.set_nodelay(true)?;
+    Ok(Io::new(stream))
+}
+
+/// An idle HTTP connection must have nothing to read: EOF means the peer
+/// closed it, stray bytes mean it is out of sync.
+fn is_alive(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv on a valid, open socket fd into a 1-byte stack buffer we own;
+    // MSG_PEEK|MSG_DONTWAIT neither consumes data nor blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
