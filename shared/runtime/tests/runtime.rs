@@ -1,0 +1,293 @@
+//! The runtime against real sockets: listeners follow the snapshot, readiness,
+//! metrics, and graceful shutdown with the drain signal.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_registry::{ListenerProtocol, ListenerSet, PortConfig, Snapshot, SnapshotHandle};
+use mesh_runtime::{Accepted, ConnectionHandler, MetricsSource, Runtime, RuntimeOptions};
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+
+/// Echoes bytes back; an idle connection closes once draining starts.
+struct Echo;
+
+impl ConnectionHandler for Echo {
+    async fn handle(self: Rc<Self>, conn: Accepted) {
+        let Accepted {
+            mut stream, drain, ..
+        } = conn;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let read = monoio::select! {
+                r = stream.read(buf) => r,
+                _ = drain.signaled() => return,
+            };
+            let (res, b) = read;
+            let n = match res {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let (res, mut b) = stream.write_all(b.slice(..n)).await.into_inner_pair();
+            if res.is_err() {
+                return;
+            }
+            b.resize(4096, 0);
+            buf = b;
+        }
+    }
+}
+
+trait IntoInnerPair<T> {
+    fn into_inner_pair(self) -> (std::io::Result<usize>, T);
+}
+
+impl IntoInnerPair<Vec<u8>> for (std::io::Result<usize>, monoio::buf::Slice<Vec<u8>>) {
+    fn into_inner_pair(self) -> (std::io::Result<usize>, Vec<u8>) {
+        (self.0, self.1.into_inner())
+    }
+}
+
+struct Fixed;
+
+impl MetricsSource for Fixed {
+    fn render(&self, out: &mut String) {
+        out.push_str("# TYPE test_source_total counter\ntest_source_total 7\n");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn snapshot_with(ports: &[u16]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for &port in ports {
+        snapshot.ports.insert(
+            port,
+            Arc::new(PortConfig {
+                port,
+                protocol: ListenerProtocol::Http,
+                listeners: ListenerSet::default(),
+            }),
+        );
+    }
+    snapshot
+}
+
+/// GET over a fresh connection; returns (status, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn echo_roundtrip(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    stream.write_all(payload)?;
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back)?;
+    assert_eq!(back, payload);
+    Ok(())
+}
+
+struct Running {
+    handle: SnapshotHandle,
+    shutdown: mesh_runtime::ShutdownHandle,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    ready: SocketAddr,
+}
+
+fn start(ports: &[u16], workers: usize, drain_timeout: Duration) -> Running {
+    let handle = mesh_registry::new_handle(Snapshot::default());
+    mesh_runtime::publish(&handle, snapshot_with(ports));
+    let options = RuntimeOptions {
+        workers,
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        drain_timeout,
+    };
+    let mut runtime = Runtime::new(options.clone(), handle.clone());
+    runtime.add_metrics(Arc::new(Fixed));
+    let shutdown = runtime.shutdown_handle();
+    let thread = std::thread::spawn(move || runtime.run(|_| Echo));
+    let running = Running {
+        handle,
+        shutdown,
+        thread: Some(thread),
+        admin: options.admin_addr,
+        metrics: options.metrics_addr,
+        ready: options.ready_addr,
+    };
+    wait_until("ready", Duration::from_secs(10), || {
+        matches!(get(running.ready, "/healthz/ready"), Ok((200, _)))
+    });
+    running
+}
+
+impl Running {
+    fn stop(mut self) -> (anyhow::Result<()>, Duration) {
+        let started = Instant::now();
+        self.shutdown.trigger();
+        let result = self.thread.take().unwrap().join().unwrap();
+        (result, started.elapsed())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.shutdown.trigger();
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn listeners_follow_the_snapshot() {
+    let (a, b) = (free_port(), free_port());
+    let rt = start(&[a], 2, Duration::from_secs(5));
+
+    let mut on_a = TcpStream::connect(("127.0.0.1", a)).unwrap();
+    on_a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo_roundtrip(&mut on_a, b"hello").unwrap();
+    assert!(
+        TcpStream::connect(("127.0.0.1", b)).is_err(),
+        "port b not in the snapshot yet"
+    );
+
+    // Add b, remove a.
+    mesh_runtime::publish(&rt.handle, snapshot_with(&[b]));
+    wait_until("port b bound", Duration::from_secs(3), || {
+        TcpStream::connect(("127.0.0.1", b)).is_ok()
+    });
+    wait_until("port a closed", Duration::from_secs(3), || {
+        TcpStream::connect(("127.0.0.1", a)).is_err()
+    });
+    // The connection accepted on a keeps working after its listener closed.
+    echo_roundtrip(&mut on_a, b"still here").unwrap();
+
+    let (status, body) = get(rt.admin, "/config_dump").unwrap();
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["version"], 2);
+    assert!(dump["ports"].get(b.to_string()).is_some(), "{body}");
+
+    let (status, body) = get(rt.metrics, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("test_source_total 7\n"), "{body}");
+    assert!(body.contains("ringmesh_workers 2\n"), "{body}");
+    assert!(body.contains("ringmesh_snapshot_version 2\n"), "{body}");
+    assert!(
+        body.contains("ringmesh_downstream_connections_active 1\n"),
+        "{body}"
+    );
+    assert_eq!(get(rt.metrics, "/nope").unwrap().0, 404);
+    assert_eq!(get(rt.admin, "/status").unwrap().0, 200);
+    drop(on_a);
+    let (result, _) = rt.stop();
+    result.unwrap();
+}
+
+#[test]
+fn shutdown_closes_idle_connections_and_exits() {
+    let port = free_port();
+    let rt = start(&[port], 2, Duration::from_secs(30));
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo_roundtrip(&mut idle, b"ping").unwrap();
+
+    let (result, took) = rt.stop();
+    result.unwrap();
+    // Far below the 30 s deadline: the idle connection saw the drain signal.
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed by the drain"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "listener closed"
+    );
+}
+
+#[test]
+fn readiness_waits_for_every_port_to_bind() {
+    // Someone else holds this port without SO_REUSEPORT: the bind fails.
+    let squatter = TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let handle = mesh_registry::new_handle(Snapshot::default());
+    mesh_runtime::publish(&handle, snapshot_with(&[taken]));
+    let options = RuntimeOptions {
+        workers: 1,
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let ready = options.ready_addr;
+    let runtime = Runtime::new(options, handle);
+    let shutdown = runtime.shutdown_handle();
+    let thread = std::thread::spawn(move || runtime.run(|_| Echo));
+    wait_until("ready server up", Duration::from_secs(5), || {
+        get(ready, "/healthz/ready").is_ok()
+    });
+    // Give the worker several reconcile rounds; it must stay unready.
+    for _ in 0..5 {
+        assert_eq!(get(ready, "/healthz/ready").unwrap().0, 503);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once the port is free the retry binds it.
+    drop(squatter);
+    wait_until("ready after the port freed", Duration::from_secs(5), || {
+        matches!(get(ready, "/healthz/ready"), Ok((200, _)))
+    });
+    shutdown.trigger();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn taken_admin_address_is_a_start_error() {
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = RuntimeOptions {
+        workers: 1,
+        admin_addr: squatter.local_addr().unwrap(),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let runtime = Runtime::new(options, mesh_registry::new_handle(Snapshot::default()));
+    let err = runtime.run(|_| Echo).unwrap_err();
+    assert!(format!("{err:#}").contains("admin address"), "{err:#}");
+}
