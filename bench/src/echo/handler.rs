@@ -41,7 +41,10 @@ impl RetryState {
 /// The outcome of handling one request, computed before its body is read.
 pub enum Action {
     /// Write these response bytes (after sleeping `delay` if set).
-    Respond { delay: Option<Duration>, bytes: Vec<u8> },
+    Respond {
+        delay: Option<Duration>,
+        bytes: Vec<u8>,
+    },
     /// Append the prebuilt fixed response.
     Fixed,
     /// Sleep then reset the connection (SO_LINGER 0) without answering.
@@ -122,7 +125,9 @@ fn retry_action(
     let Some(uuid) = params.get("uuid").filter(|u| !u.is_empty()) else {
         return bad("missing uuid");
     };
-    let Some(succeed_after) = params.get("succeedAfter").and_then(|v| v.parse::<u64>().ok())
+    let Some(succeed_after) = params
+        .get("succeedAfter")
+        .and_then(|v| v.parse::<u64>().ok())
     else {
         return bad("missing or invalid succeedAfter");
     };
@@ -303,7 +308,10 @@ pub fn write_head(
     use std::io::Write;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
     if let Some(ct) = content_type {
-        let _ = write!(out, "Content-Type: {ct}\r\nX-Content-Type-Options: nosniff\r\n");
+        let _ = write!(
+            out,
+            "Content-Type: {ct}\r\nX-Content-Type-Options: nosniff\r\n"
+        );
     }
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");

@@ -45,7 +45,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pod = args.pod.clone().unwrap_or_else(|| generated_pod_name(&args.name));
+    let pod = args
+        .pod
+        .clone()
+        .unwrap_or_else(|| generated_pod_name(&args.name));
     let first = server::bind_reuseport(SocketAddr::new(args.bind, args.port))?;
     let local = first.local_addr()?;
     let shared = Arc::new(server::Shared {

@@ -114,7 +114,11 @@ impl ChunkedDiscarder {
                         return Ok(pos);
                     };
                     let line = &data[pos..pos + line_end];
-                    let size_text = line.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+                    let size_text = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or(b"")
+                        .trim_ascii();
                     let size_text = std::str::from_utf8(size_text)
                         .map_err(|_| FramingError::BadRequest("bad chunk size"))?;
                     if size_text.is_empty() || size_text.len() > 16 {
@@ -246,8 +250,8 @@ mod tests {
         let f = framing(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         assert_eq!(f.body, BodyFraming::None);
         assert!(f.keep_alive);
-        let f = framing(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        let f =
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n").unwrap();
         assert_eq!(f.body, BodyFraming::ContentLength(5));
         assert!(!f.keep_alive);
         let f = framing(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
@@ -257,8 +261,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
         )
         .is_err());
-        assert!(framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
-            .is_err());
+        assert!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").is_err()
+        );
     }
 
     #[test]
@@ -287,7 +292,10 @@ mod tests {
 
     #[test]
     fn canonical_keys() {
-        assert_eq!(canonical_header_key("x-echo-set-header"), "X-Echo-Set-Header");
+        assert_eq!(
+            canonical_header_key("x-echo-set-header"),
+            "X-Echo-Set-Header"
+        );
         assert_eq!(canonical_header_key("USER-AGENT"), "User-Agent");
         assert_eq!(canonical_header_key("bad key"), "bad key");
     }

@@ -1,0 +1,216 @@
+//! The config folder a test runs with: shared environment (namespaces, base Gateways,
+//! Services, EndpointSlices pointing at the running echo processes) plus the test's
+//! manifests with `{GATEWAY_CLASS_NAME}` substituted.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::{json, Value as Json};
+
+use super::procs::EchoProcess;
+use super::vectors::{Environment, TestFile};
+
+pub const GATEWAY_CLASS: &str = "ringmesh";
+
+/// Services of the environment that an HTTP echo backend serves (gRPC ones are skipped:
+/// there is no gRPC echo server yet).
+pub fn http_services(env: &Environment) -> Vec<(String, String, usize)> {
+    env.services
+        .iter()
+        .filter(|(_, spec)| spec.protocol.is_none())
+        .filter_map(|(key, spec)| {
+            let (ns, name) = key.split_once('/')?;
+            Some((
+                ns.to_string(),
+                name.to_string(),
+                spec.replicas.unwrap_or(1).max(1),
+            ))
+        })
+        .collect()
+}
+
+/// Base gateways that only use plain HTTP listeners (the HTTPS one needs certificates).
+fn http_gateways(env: &Environment) -> Vec<(String, String, Vec<Json>)> {
+    env.gateways
+        .iter()
+        .filter_map(|(key, spec)| {
+            let (ns, name) = key.split_once('/')?;
+            let listeners: Vec<Json> = spec
+                .listeners
+                .iter()
+                .filter_map(|l| serde_json::to_value(l).ok())
+                .collect();
+            let all_http = listeners
+                .iter()
+                .all(|l| l.get("protocol").and_then(Json::as_str) == Some("HTTP"));
+            all_http.then(|| (ns.to_string(), name.to_string(), listeners))
+        })
+        .collect()
+}
+
+pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
+    let mut docs = vec![json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": GATEWAY_CLASS},
+        "spec": {"controllerName": "ringmesh.io/gateway-controller"},
+    })];
+    for (name, spec) in &env.namespaces {
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": spec.labels},
+        }));
+    }
+    for (ns, name, listeners) in http_gateways(env) {
+        docs.push(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": listeners},
+        }));
+    }
+    for (key, spec) in &env.services {
+        if spec.protocol.is_some() {
+            continue;
+        }
+        let Some((ns, name)) = key.split_once('/') else {
+            continue;
+        };
+        let ports: Vec<Json> = spec
+            .ports
+            .iter()
+            .map(|p| {
+                let mut port = json!({"port": p.port, "protocol": "TCP"});
+                if let Some(n) = &p.name {
+                    port["name"] = json!(n);
+                }
+                if let Some(target) = &p.target_port {
+                    if let Ok(target) = serde_json::to_value(target) {
+                        port["targetPort"] = target;
+                    }
+                }
+                port
+            })
+            .collect();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"type": "ClusterIP", "ports": ports},
+        }));
+        // One EndpointSlice per replica: each echo process has its own port.
+        let replicas = echoes
+            .iter()
+            .filter(|e| e.namespace == ns && e.service == name);
+        for (index, echo) in replicas.enumerate() {
+            let slice_ports: Vec<Json> = spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut port = json!({"port": echo.port, "protocol": "TCP"});
+                    if let Some(n) = &p.name {
+                        port["name"] = json!(n);
+                    }
+                    port
+                })
+                .collect();
+            docs.push(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-{index}"),
+                    "namespace": ns,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": slice_ports,
+                "endpoints": [{
+                    "addresses": ["127.0.0.1"],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "targetRef": {"kind": "Pod", "name": echo.pod, "namespace": ns},
+                }],
+            }));
+        }
+    }
+    docs
+}
+
+fn to_yaml_stream(docs: &[Json]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(doc)?);
+    }
+    Ok(out)
+}
+
+/// Writes `dir/00-environment.yaml` and `dir/10-test.yaml` (replacing the folder).
+pub fn write_config(
+    dir: &Path,
+    env: &Environment,
+    echoes: &[EchoProcess],
+    test: &TestFile,
+) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("00-environment.yaml"),
+        to_yaml_stream(&base_documents(env, echoes))?,
+    )?;
+    let mut manifests = String::new();
+    for manifest in &test.manifests {
+        manifests.push_str("---\n");
+        manifests.push_str(&serde_yaml_ng::to_string(manifest)?);
+    }
+    std::fs::write(dir.join("10-test.yaml"), substitute_class(&manifests))?;
+    Ok(())
+}
+
+pub fn substitute_class(text: &str) -> String {
+    text.replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS)
+}
+
+/// The listener port requests for `gateway` ("ns/name") go to: its first HTTP listener,
+/// from the test's manifests or the environment.
+pub fn gateway_http_port(gateway: &str, test: &TestFile, env: &Environment) -> Option<u16> {
+    let (ns, name) = gateway.split_once('/')?;
+    let from_manifest = test.manifests.iter().find_map(|m| {
+        let m = serde_json::to_value(m).ok()?;
+        let is_it = m.get("kind")?.as_str()? == "Gateway"
+            && m.pointer("/metadata/name")?.as_str()? == name
+            && m.pointer("/metadata/namespace")
+                .and_then(Json::as_str)
+                .unwrap_or("default")
+                == ns;
+        is_it.then_some(m.pointer("/spec/listeners")?.as_array()?.clone())
+    });
+    let listeners = match from_manifest {
+        Some(listeners) => listeners,
+        None => env
+            .gateways
+            .get(gateway)?
+            .listeners
+            .iter()
+            .filter_map(|l| serde_json::to_value(l).ok())
+            .collect(),
+    };
+    listeners.iter().find_map(|l| {
+        (l.get("protocol")?.as_str()? == "HTTP").then_some(l.get("port")?.as_u64()? as u16)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_placeholder_is_substituted() {
+        assert_eq!(
+            substitute_class("gatewayClassName: '{GATEWAY_CLASS_NAME}'"),
+            "gatewayClassName: 'ringmesh'"
+        );
+    }
+}
