@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use snapshot::*;
-pub use translate::{translate, TranslateOptions};
+pub use translate::{translate, translate_loaded, TranslateOptions};
 
 /// Shared handle through which the control thread publishes snapshots and
 /// workers read them (`load()` per connection or request).

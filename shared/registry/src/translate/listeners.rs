@@ -1,0 +1,225 @@
+//! Served Gateways and their listeners: validation, conflicts, allowedRoutes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use mesh_config::gateway_api::experimental::gateways::{
+    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector,
+};
+use mesh_config::{GatewaySpec, Object, Resources};
+
+use super::backends::GATEWAY_GROUP;
+use super::conditions::HTTP_ROUTE_KIND;
+use super::hostnames::HostKey;
+use super::TranslateOptions;
+use crate::snapshot::ObjectRef;
+
+pub enum AllowedNamespaces {
+    Same,
+    All,
+    Selector(GatewayListenersAllowedRoutesNamespacesSelector),
+}
+
+/// A failed condition: (reason, message).
+pub type Problem = (&'static str, String);
+
+pub struct ListenerCtx {
+    pub name: String,
+    pub port: u16,
+    pub hostname: HostKey,
+    pub allowed: AllowedNamespaces,
+    /// HTTPRoute is among the allowed kinds.
+    pub allows_http_route: bool,
+    pub supported_kinds: Vec<String>,
+    /// Err = Accepted=False (and not programmed).
+    pub accepted: Result<(), Problem>,
+    /// Err = ResolvedRefs=False.
+    pub resolved_refs: Result<(), Problem>,
+    /// Some = Conflicted=True with this reason and message.
+    pub conflicted: Option<Problem>,
+    /// Routes attached (each counted once) for `attachedRoutes`.
+    pub attached: HashSet<ObjectRef>,
+    /// (index of the compiled route, intersected hostnames).
+    pub attachments: Vec<(usize, Vec<crate::translate::hostnames::HostKey>)>,
+}
+
+impl ListenerCtx {
+    /// Serves traffic: accepted and not conflicted.
+    pub fn serves(&self) -> bool {
+        self.accepted.is_ok() && self.conflicted.is_none()
+    }
+}
+
+pub struct GatewayCtx<'a> {
+    pub object: &'a Object<GatewaySpec>,
+    pub key: ObjectRef,
+    pub listeners: Vec<ListenerCtx>,
+}
+
+/// Gateways of our class (and only `options.gateway` when set), oldest first,
+/// with listeners validated and conflicts marked on the later listener.
+pub fn collect<'a>(resources: &'a Resources, options: &TranslateOptions) -> Vec<GatewayCtx<'a>> {
+    let mut gateways: Vec<&Object<GatewaySpec>> = resources
+        .gateways
+        .values()
+        .filter(|g| g.spec.gateway_class_name == options.gateway_class)
+        .filter(|g| {
+            options
+                .gateway
+                .as_ref()
+                .is_none_or(|want| want.namespace == g.meta.namespace && want.name == g.meta.name)
+        })
+        .collect();
+    gateways.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
+
+    let mut taken: HashSet<(u16, HostKey)> = HashSet::new();
+    let mut out = Vec::new();
+    for g in gateways {
+        let key = ObjectRef {
+            namespace: g.meta.namespace.clone(),
+            name: g.meta.name.clone(),
+        };
+        let mut listeners = Vec::new();
+        for l in &g.spec.listeners {
+            let mut ctx = listener(l);
+            if ctx.accepted.is_ok() && !taken.insert((ctx.port, ctx.hostname.clone())) {
+                ctx.conflicted = Some((
+                    "HostnameConflict",
+                    format!(
+                        "another listener on port {} already serves hostname {}",
+                        ctx.port,
+                        ctx.hostname.display().unwrap_or_else(|| "(any)".into())
+                    ),
+                ));
+            }
+            listeners.push(ctx);
+        }
+        out.push(GatewayCtx {
+            object: g,
+            key,
+            listeners,
+        });
+    }
+    out
+}
+
+fn listener(l: &GatewayListeners) -> ListenerCtx {
+    let port = u16::try_from(l.port).ok().filter(|p| *p != 0);
+    let mut accepted = Ok(());
+    if !l.protocol.eq_ignore_ascii_case("HTTP") {
+        accepted = Err((
+            "UnsupportedProtocol",
+            format!("protocol {} is not supported yet (only HTTP)", l.protocol),
+        ));
+    } else if port.is_none() {
+        accepted = Err((
+            "PortUnavailable",
+            format!("port {} is out of range", l.port),
+        ));
+    }
+    let hostname = l
+        .hostname
+        .as_deref()
+        .map(HostKey::parse)
+        .unwrap_or(HostKey::Any);
+
+    let allowed_routes = l.allowed_routes.as_ref();
+    let allowed = match allowed_routes.and_then(|a| a.namespaces.as_ref()) {
+        None => AllowedNamespaces::Same,
+        Some(ns) => match ns
+            .from
+            .as_ref()
+            .unwrap_or(&GatewayListenersAllowedRoutesNamespacesFrom::Same)
+        {
+            GatewayListenersAllowedRoutesNamespacesFrom::Same => AllowedNamespaces::Same,
+            GatewayListenersAllowedRoutesNamespacesFrom::All => AllowedNamespaces::All,
+            GatewayListenersAllowedRoutesNamespacesFrom::Selector => {
+                AllowedNamespaces::Selector(ns.selector.clone().unwrap_or_default())
+            }
+        },
+    };
+
+    let mut resolved_refs = Ok(());
+    let mut supported_kinds = Vec::new();
+    match allowed_routes.and_then(|a| a.kinds.as_deref()) {
+        None | Some([]) => supported_kinds.push(HTTP_ROUTE_KIND.to_string()),
+        Some(kinds) => {
+            let mut invalid = Vec::new();
+            for k in kinds {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
+                    if !supported_kinds.iter().any(|s| s == HTTP_ROUTE_KIND) {
+                        supported_kinds.push(HTTP_ROUTE_KIND.to_string());
+                    }
+                } else {
+                    invalid.push(format!("{group}/{}", k.kind));
+                }
+            }
+            if !invalid.is_empty() {
+                resolved_refs = Err((
+                    "InvalidRouteKinds",
+                    format!("unsupported route kinds: {}", invalid.join(", ")),
+                ));
+            }
+        }
+    }
+    if accepted.is_err() {
+        supported_kinds.clear();
+    }
+    let allows_http_route = !supported_kinds.is_empty();
+    ListenerCtx {
+        name: l.name.clone(),
+        port: port.unwrap_or(0),
+        hostname,
+        allowed,
+        allows_http_route,
+        supported_kinds,
+        accepted,
+        resolved_refs,
+        conflicted: None,
+        attached: HashSet::new(),
+        attachments: Vec::new(),
+    }
+}
+
+impl ListenerCtx {
+    /// allowedRoutes.namespaces for a route in `route_ns` on a Gateway in `gateway_ns`.
+    pub fn allows_namespace(
+        &self,
+        gateway_ns: &str,
+        route_ns: &str,
+        resources: &Resources,
+    ) -> bool {
+        match &self.allowed {
+            AllowedNamespaces::Same => gateway_ns == route_ns,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(sel) => {
+                selector_matches(sel, &resources.namespace_labels(route_ns))
+            }
+        }
+    }
+}
+
+/// Kubernetes label selector semantics; an unknown operator matches nothing.
+pub fn selector_matches(
+    sel: &GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}

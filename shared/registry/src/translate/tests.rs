@@ -1,0 +1,7 @@
+//! Translation tests: small YAML fixtures routed "on paper" through the
+//! snapshot (ListenerSet::select → VirtualHosts::select → first matching
+//! entry), plus the Gateway API conformance vectors when they are present.
+
+mod fixtures;
+mod unit;
+mod vectors;
