@@ -213,7 +213,10 @@ pub async fn copy_body<W: AsyncWriteRent>(
     out: &mut BytesMut,
 ) -> Result<(), CopyError> {
     loop {
-        match reader.poll_buffered(&mut src.rbuf).map_err(CopyError::Read)? {
+        match reader
+            .poll_buffered(&mut src.rbuf)
+            .map_err(CopyError::Read)?
+        {
             Step::Data(b) => write_piece(dst, out, framing, b)
                 .await
                 .map_err(CopyError::Write)?,

@@ -85,7 +85,11 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    pub fn new(snapshots: SnapshotHandle, metrics: Arc<WorkerMetrics>, options: HttpOptions) -> Self {
+    pub fn new(
+        snapshots: SnapshotHandle,
+        metrics: Arc<WorkerMetrics>,
+        options: HttpOptions,
+    ) -> Self {
         Self {
             snapshots,
             metrics,

@@ -82,7 +82,10 @@ impl WorkerMetrics {
             Some(d) => d,
             None => table.entry(key.to_owned()).or_insert_with(|| DestStats {
                 labels: cluster.map(|c| Destination {
-                    service: format!("{}.{}.svc.cluster.local", c.service.name, c.service.namespace),
+                    service: format!(
+                        "{}.{}.svc.cluster.local",
+                        c.service.name, c.service.namespace
+                    ),
                     name: c.service.name.clone(),
                     namespace: c.service.namespace.clone(),
                 }),
@@ -136,7 +139,9 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(workers: usize) -> Self {
         Self {
-            workers: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerMetrics::default()))
+                .collect(),
         }
     }
 
@@ -239,7 +244,9 @@ mod tests {
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("istio_requests_total{response_code=\"200\",source_workload=\"unknown\",destination_service=\"svc.ns.svc.cluster.local\",destination_service_name=\"svc\",destination_service_namespace=\"ns\",reporter=\"source\",request_protocol=\"http\"} 2"), "{out}");
-        assert!(out.contains("response_code=\"404\",source_workload=\"unknown\",destination_service=\"unknown\""));
+        assert!(out.contains(
+            "response_code=\"404\",source_workload=\"unknown\",destination_service=\"unknown\""
+        ));
         assert!(out.contains("le=\"5\"} 1"));
         assert!(out.contains("le=\"1000\"} 2"));
         assert!(out.contains("istio_tcp_connections_opened_total{reporter=\"destination\",request_protocol=\"http\"} 1"));

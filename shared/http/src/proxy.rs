@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use mesh_registry::{BackendTarget, Cluster, CorsPolicy, Filter, HeaderModifier, Mirror, RetryPolicy, RouteEntry};
+use mesh_registry::{
+    BackendTarget, Cluster, CorsPolicy, Filter, HeaderModifier, Mirror, RetryPolicy, RouteEntry,
+};
 use rand::Rng;
 
 use crate::body::{copy_body, BodyError, BodyReader, CopyError, OutFraming};
@@ -132,6 +134,7 @@ pub(crate) async fn send_error(h: &HttpHandler, c: &mut Client, status: u16, rea
 
 /// A gateway answer to a request that was parsed fine: kept alive when the
 /// request body (if any) was consumed and the client wants it.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     h: &HttpHandler,
     c: &mut Client,
@@ -153,7 +156,12 @@ async fn answer(
     }
 }
 
-async fn body_failure(h: &HttpHandler, c: &mut Client, e: BodyError, started_response: bool) -> Outcome {
+async fn body_failure(
+    h: &HttpHandler,
+    c: &mut Client,
+    e: BodyError,
+    started_response: bool,
+) -> Outcome {
     if started_response {
         return Outcome::Close;
     }
@@ -207,10 +215,14 @@ fn apply_filters<'a>(
             Filter::UrlRewrite(u) => {
                 if let Some(host) = &u.hostname {
                     req.authority = None;
-                    req.headers.set(Bytes::from_static(b"host"), Bytes::copy_from_slice(host.as_bytes()));
+                    req.headers.set(
+                        Bytes::from_static(b"host"),
+                        Bytes::copy_from_slice(host.as_bytes()),
+                    );
                 }
                 if let Some(p) = &u.path {
-                    req.path = Bytes::from(rewrite::rewrite_path(&req.path, p, &entry.matcher.path));
+                    req.path =
+                        Bytes::from(rewrite::rewrite_path(&req.path, p, &entry.matcher.path));
                 }
             }
             Filter::Mirror(m) => plan.mirrors.push(m),
@@ -238,7 +250,18 @@ pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead
     let host_raw = req.host_header().cloned().unwrap_or_default();
     let host = routing_host(&host_raw).into_owned();
     let Some(entry) = route::select(&snapshot, c.port, &host, &req) else {
-        return answer(h, c, &req, &reader, start, 404, &Headers::default(), "no route\n", None).await;
+        return answer(
+            h,
+            c,
+            &req,
+            &reader,
+            start,
+            404,
+            &Headers::default(),
+            "no route\n",
+            None,
+        )
+        .await;
     };
     let rule = &*entry.rule;
     let mut plan = Plan::default();
@@ -248,7 +271,18 @@ pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead
         let picked = pick::pick_backend(rule, &mut *h.rng.borrow_mut());
         match picked {
             None => {
-                return answer(h, c, &req, &reader, start, 500, &Headers::default(), "no backend\n", None).await
+                return answer(
+                    h,
+                    c,
+                    &req,
+                    &reader,
+                    start,
+                    500,
+                    &Headers::default(),
+                    "no backend\n",
+                    None,
+                )
+                .await
             }
             Some(b) => {
                 local = apply_filters(&b.filters, entry, &mut req, &mut plan, c.port);
@@ -273,7 +307,18 @@ pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead
     let cluster: Arc<Cluster> = match &backend.target {
         BackendTarget::Cluster(cl) => cl.clone(),
         BackendTarget::Invalid { .. } => {
-            return answer(h, c, &req, &reader, start, 500, &Headers::default(), "invalid backend\n", None).await
+            return answer(
+                h,
+                c,
+                &req,
+                &reader,
+                start,
+                500,
+                &Headers::default(),
+                "invalid backend\n",
+                None,
+            )
+            .await
         }
     };
     if cluster.endpoints.is_empty() {
@@ -357,7 +402,10 @@ fn write_upstream_head(
     }
     match body {
         UpstreamBody::Buffered(0) => {
-            if !req.method_is("GET") && !req.method_is("HEAD") && req.headers.contains("content-length") {
+            if !req.method_is("GET")
+                && !req.method_is("HEAD")
+                && req.headers.contains("content-length")
+            {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
@@ -386,7 +434,9 @@ fn write_upstream_head(
 enum AttemptError {
     Connect,
     /// The upstream closed or reset before a complete response head.
-    Reset { any_bytes: bool },
+    Reset {
+        any_bytes: bool,
+    },
     BadResponse,
     Timeout,
     /// The downstream request body failed while streaming it.
@@ -414,7 +464,10 @@ async fn forward(
     let buffered: Option<Bytes> = match req.body {
         BodyKind::None => Some(Bytes::new()),
         BodyKind::Length(n) if n <= h.options.max_buffered_body_bytes as u64 => {
-            match reader.read_all(&mut c.io, h.options.max_buffered_body_bytes).await {
+            match reader
+                .read_all(&mut c.io, h.options.max_buffered_body_bytes)
+                .await
+            {
                 Ok(b) => Some(b),
                 Err(e) => return body_failure(h, c, e, false).await,
             }
@@ -501,7 +554,11 @@ async fn forward(
                 break r.map(|(io, resp)| (io, resp, addr));
             }
             drop(r);
-            let backoff = backoff(retry.and_then(|p| p.backoff), tries, &mut *h.rng.borrow_mut());
+            let backoff = backoff(
+                retry.and_then(|p| p.backoff),
+                tries,
+                &mut *h.rng.borrow_mut(),
+            );
             if let Some(d) = deadline {
                 if Instant::now() + backoff >= d {
                     monoio::time::sleep_until(d.into()).await;
@@ -523,17 +580,33 @@ async fn forward(
                 _ if tries > 1 => (503, "upstream connect error or reset before headers\n"),
                 _ => (502, "upstream connect error or reset before headers\n"),
             };
-            return answer(h, c, &req, &reader, start, status, &Headers::default(), text, Some(cluster)).await;
+            return answer(
+                h,
+                c,
+                &req,
+                &reader,
+                start,
+                status,
+                &Headers::default(),
+                text,
+                Some(cluster),
+            )
+            .await;
         }
     };
-    respond(h, c, &req, &reader, upstream, resp, addr, &plan, cluster, start).await
+    respond(
+        h, c, &req, &reader, upstream, resp, addr, &plan, cluster, start,
+    )
+    .await
 }
 
 fn backoff<R: Rng>(base: Option<Duration>, tries: u32, rng: &mut R) -> Duration {
     // Envoy: fully jittered exponential back-off, capped at 10x the base.
     let base = base.unwrap_or(DEFAULT_BACKOFF);
     let factor = (1u64 << tries.min(10)) - 1;
-    let max = (base.as_millis() as u64 * factor).min(base.as_millis() as u64 * 10).max(1);
+    let max = (base.as_millis() as u64 * factor)
+        .min(base.as_millis() as u64 * 10)
+        .max(1);
     Duration::from_millis(rng.random_range(0..=max))
 }
 
@@ -555,7 +628,14 @@ fn spawn_mirror(
     // mirror only the head then.
     let body = buffered.cloned().unwrap_or_default();
     let mut wire = BytesMut::with_capacity(512 + body.len());
-    write_upstream_head(&mut wire, req, client_ip, UpstreamBody::Buffered(body.len()), true, request_id);
+    write_upstream_head(
+        &mut wire,
+        req,
+        client_ip,
+        UpstreamBody::Buffered(body.len()),
+        true,
+        request_id,
+    );
     wire.extend_from_slice(&body);
     mirror::spawn(addr, wire.freeze(), h.options.mirror_timeout);
 }
@@ -645,7 +725,18 @@ async fn respond(
     let status = resp.status;
     let upgraded = status == 101;
     if upgraded && req.upgrade.is_none() {
-        return answer(h, c, req, reader, start, 502, &Headers::default(), "unexpected upgrade\n", Some(cluster)).await;
+        return answer(
+            h,
+            c,
+            req,
+            reader,
+            start,
+            502,
+            &Headers::default(),
+            "unexpected upgrade\n",
+            Some(cluster),
+        )
+        .await;
     }
     let mut headers = resp.headers;
     for m in &plan.response_modifiers {
@@ -673,7 +764,8 @@ async fn respond(
         let name = &hdr.name[..];
         // A HEAD response keeps the length the GET would have had.
         let keep_length = head_request && name.eq_ignore_ascii_case(b"content-length");
-        if (is_hop_by_hop(name) && !keep_length) || (!listed.is_empty() && is_listed(&listed, name)) {
+        if (is_hop_by_hop(name) && !keep_length) || (!listed.is_empty() && is_listed(&listed, name))
+        {
             continue;
         }
         write_header(out, name, &hdr.value);
@@ -684,8 +776,12 @@ async fn respond(
             write_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        BodyKind::Chunked | BodyKind::Eof if http11 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyKind::None if !head_request && !(100..200).contains(&status) && status != 204 && status != 304 => {
+        BodyKind::Chunked | BodyKind::Eof if http11 => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+        BodyKind::None
+            if !head_request && !(100..200).contains(&status) && status != 204 && status != 304 =>
+        {
             out.extend_from_slice(b"content-length: 0\r\n")
         }
         _ => {}
@@ -696,7 +792,8 @@ async fn respond(
             write_header(out, b"upgrade", u);
         }
         out.extend_from_slice(b"\r\n");
-        h.metrics.record_request(status, Some(cluster), start.elapsed());
+        h.metrics
+            .record_request(status, Some(cluster), start.elapsed());
         if flush(&mut c.io.stream, &mut c.wbuf).await.is_err() {
             return Outcome::Close;
         }
@@ -710,7 +807,8 @@ async fn respond(
     out.extend_from_slice(b"\r\n");
     let mut body = BodyReader::new(resp.body, None);
     let copied = copy_body(&mut body, &mut up, &mut c.io.stream, framing, &mut c.wbuf).await;
-    h.metrics.record_request(status, Some(cluster), start.elapsed());
+    h.metrics
+        .record_request(status, Some(cluster), start.elapsed());
     match copied {
         Ok(()) => {
             if resp.keep_alive && body.is_done() {
@@ -734,14 +832,23 @@ mod tests {
 
     fn req(s: &str) -> RequestHead {
         let mut b = BytesMut::from(s);
-        crate::codec::request::parse_request(&mut b, 65536).unwrap().unwrap()
+        crate::codec::request::parse_request(&mut b, 65536)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
         let r = req("POST /p HTTP/1.1\r\nHost: a.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nTransfer-Encoding: chunked\r\nX-Keep: y\r\n\r\n");
         let mut out = BytesMut::new();
-        write_upstream_head(&mut out, &r, "10.0.0.1".parse().unwrap(), UpstreamBody::Chunked, false, b"id-1");
+        write_upstream_head(
+            &mut out,
+            &r,
+            "10.0.0.1".parse().unwrap(),
+            UpstreamBody::Chunked,
+            false,
+            b"id-1",
+        );
         let s = String::from_utf8(out.to_vec()).unwrap();
         assert!(s.starts_with("POST /p HTTP/1.1\r\n"));
         assert!(s.contains("Host: a.com\r\n"));
@@ -750,7 +857,13 @@ mod tests {
         assert!(s.contains("x-forwarded-proto: http\r\n"));
         assert!(s.contains("x-request-id: id-1\r\n"));
         assert!(s.contains("transfer-encoding: chunked\r\n"));
-        for gone in ["X-Secret", "Keep-Alive", "TE:", "Connection", "X-Forwarded-Proto: https"] {
+        for gone in [
+            "X-Secret",
+            "Keep-Alive",
+            "TE:",
+            "Connection",
+            "X-Forwarded-Proto: https",
+        ] {
             assert!(!s.contains(gone), "{gone} in {s}");
         }
     }

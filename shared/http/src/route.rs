@@ -27,7 +27,12 @@ pub fn routing_host(raw: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 /// The route entry serving this request, or None (404).
-pub fn select<'a>(snapshot: &'a Snapshot, port: u16, host: &str, req: &RequestHead) -> Option<&'a RouteEntry> {
+pub fn select<'a>(
+    snapshot: &'a Snapshot,
+    port: u16,
+    host: &str,
+    req: &RequestHead,
+) -> Option<&'a RouteEntry> {
     let port_config = snapshot.ports.get(&port)?;
     let listener = port_config.listeners.select(host)?;
     let table = listener.routes.select(host)?;
@@ -47,7 +52,8 @@ pub fn matches(m: &RequestMatcher, path: &str, req: &RequestHead) -> bool {
     if !m.path.matches(path) {
         return false;
     }
-    m.headers.iter().all(|h| header_matches(h, req)) && m.query_params.iter().all(|q| query_matches(q, req))
+    m.headers.iter().all(|h| header_matches(h, req))
+        && m.query_params.iter().all(|q| query_matches(q, req))
 }
 
 fn header_matches(h: &HeaderMatch, req: &RequestHead) -> bool {

@@ -201,7 +201,11 @@ mod tests {
     fn decodes_in_any_split() {
         let input = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
         for step in 1..input.len() {
-            assert_eq!(decode_all(input, step).unwrap(), b"hello world", "step {step}");
+            assert_eq!(
+                decode_all(input, step).unwrap(),
+                b"hello world",
+                "step {step}"
+            );
         }
     }
 

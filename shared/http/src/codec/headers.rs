@@ -111,15 +111,17 @@ pub fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// A header value a filter wants to write must not smuggle a line break.
 pub fn is_valid_value(value: &[u8]) -> bool {
-    value.iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
+    value
+        .iter()
+        .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 /// RFC 9110 token characters, for header names coming from configuration.
 pub fn is_valid_name(name: &[u8]) -> bool {
     !name.is_empty()
-        && name.iter().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b)
-        })
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
 #[cfg(test)]

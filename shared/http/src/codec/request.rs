@@ -53,7 +53,10 @@ impl RequestHead {
 /// Parses one request head from the front of `buf`. On success the head's
 /// bytes are split off `buf` (what follows stays: body or the next request).
 /// `Ok(None)`: incomplete, read more.
-pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHead>, HeadError> {
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Option<RequestHead>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
     let (len, method, target, minor, header_spans) = match req.parse(buf) {
@@ -70,7 +73,13 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
             let base: &[u8] = buf;
             let method = super::span_of(base, req.method.unwrap_or("").as_bytes());
             let target = super::span_of(base, req.path.unwrap_or("").as_bytes());
-            (len, method, target, req.version.unwrap_or(1), spans(base, req.headers))
+            (
+                len,
+                method,
+                target,
+                req.version.unwrap_or(1),
+                spans(base, req.headers),
+            )
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::HeaderName) => return Err(HeadError::Bad("invalid header name")),
@@ -91,7 +100,12 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     build(method, target, minor, headers).map(Some)
 }
 
-fn build(method: Bytes, target: Bytes, minor: u8, headers: Headers) -> Result<RequestHead, HeadError> {
+fn build(
+    method: Bytes,
+    target: Bytes,
+    minor: u8,
+    headers: Headers,
+) -> Result<RequestHead, HeadError> {
     if method.as_ref() == b"CONNECT" {
         return Err(HeadError::Bad("CONNECT is not supported"));
     }
@@ -162,7 +176,11 @@ fn build(method: Bytes, target: Bytes, minor: u8, headers: Headers) -> Result<Re
         body,
         keep_alive,
         expect_continue: expect_continue && minor == 1 && body != BodyKind::None,
-        upgrade: if connection_upgrade && minor == 1 { upgrade } else { None },
+        upgrade: if connection_upgrade && minor == 1 {
+            upgrade
+        } else {
+            None
+        },
     })
 }
 
@@ -215,7 +233,9 @@ mod tests {
 
     #[test]
     fn parses_and_leaves_the_body() {
-        let mut b = BytesMut::from("POST /a?x=1 HTTP/1.1\r\nHost: A.com\r\nContent-Length: 3\r\n\r\nabcGET");
+        let mut b = BytesMut::from(
+            "POST /a?x=1 HTTP/1.1\r\nHost: A.com\r\nContent-Length: 3\r\n\r\nabcGET",
+        );
         let h = parse_request(&mut b, 1024).unwrap().unwrap();
         assert_eq!(&h.method[..], b"POST");
         assert_eq!(h.path_only(), b"/a");
@@ -228,13 +248,15 @@ mod tests {
     #[test]
     fn partial_heads_wait_and_oversized_heads_fail() {
         assert!(parse("GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
-        let mut b = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(200)).as_str());
+        let mut b =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(200)).as_str());
         assert_eq!(parse_request(&mut b, 100).unwrap_err(), HeadError::TooLarge);
     }
 
     #[test]
     fn hostile_framing_is_rejected() {
-        let both = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let both =
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse(both).unwrap_err().status(), 400);
         let dup = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(parse(dup).unwrap_err().status(), 400);
@@ -243,14 +265,19 @@ mod tests {
         assert!(parse("garbage\r\n\r\n").is_err());
         assert!(parse("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").is_err());
         assert!(parse("GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n").is_err());
-        assert!(parse("GET / HTTP/1.1\r\n\r\n").is_err(), "HTTP/1.1 needs Host");
+        assert!(
+            parse("GET / HTTP/1.1\r\n\r\n").is_err(),
+            "HTTP/1.1 needs Host"
+        );
         let te = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert!(parse(te).is_err());
     }
 
     #[test]
     fn absolute_form_gives_authority() {
-        let h = parse("GET http://Example.com:8080?q=1 HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET http://Example.com:8080?q=1 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.authority.as_deref(), Some(&b"Example.com:8080"[..]));
         assert_eq!(&h.path[..], b"/?q=1");
     }
@@ -258,19 +285,32 @@ mod tests {
     #[test]
     fn http10_keep_alive_only_when_asked() {
         assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
-        assert!(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap().keep_alive);
-        assert!(!parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn upgrade_and_expect() {
-        let h = parse("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h = parse(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.upgrade.as_deref(), Some(&b"websocket"[..]));
-        let h = parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h =
+            parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(h.expect_continue);
     }
 }

@@ -2,7 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{has_token, parse_content_length, spans, BodyKind, HeadError, Header, Headers, MAX_HEADERS};
+use super::{
+    has_token, parse_content_length, spans, BodyKind, HeadError, Header, Headers, MAX_HEADERS,
+};
 
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
@@ -85,7 +87,11 @@ pub fn parse_response(
             (None, None) => BodyKind::Eof,
         }
     };
-    let persistent = if minor == 1 { !close } else { keep_alive && !close };
+    let persistent = if minor == 1 {
+        !close
+    } else {
+        keep_alive && !close
+    };
     Ok(Some(ResponseHead {
         status,
         reason,
@@ -104,7 +110,10 @@ mod tests {
     fn framing_of_responses() {
         let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
         let r = parse_response(&mut b, 1024, false).unwrap().unwrap();
-        assert_eq!((r.status, r.body, r.keep_alive), (200, BodyKind::Length(2), true));
+        assert_eq!(
+            (r.status, r.body, r.keep_alive),
+            (200, BodyKind::Length(2), true)
+        );
         assert_eq!(&b[..], b"hi");
 
         let mut b = BytesMut::from("HTTP/1.1 200 OK\r\n\r\n");

@@ -27,11 +27,16 @@ pub fn origin_allowed(policy: &CorsPolicy, origin: &str) -> bool {
 
 /// A CORS preflight: OPTIONS carrying Origin and Access-Control-Request-Method.
 pub fn is_preflight(req: &RequestHead) -> bool {
-    req.method_is("OPTIONS") && req.headers.contains("origin") && req.headers.contains("access-control-request-method")
+    req.method_is("OPTIONS")
+        && req.headers.contains("origin")
+        && req.headers.contains("access-control-request-method")
 }
 
 fn push(out: &mut Headers, name: &'static str, value: impl Into<Bytes>) {
-    out.push(Header::new(Bytes::from_static(name.as_bytes()), value.into()));
+    out.push(Header::new(
+        Bytes::from_static(name.as_bytes()),
+        value.into(),
+    ));
 }
 
 fn list(values: &[String]) -> String {
@@ -49,9 +54,17 @@ pub fn preflight_headers(policy: &CorsPolicy, req: &RequestHead) -> Headers {
         return out;
     }
     // Echoing the concrete origin is always correct, and required with credentials.
-    push(&mut out, "access-control-allow-origin", Bytes::copy_from_slice(origin.as_bytes()));
+    push(
+        &mut out,
+        "access-control-allow-origin",
+        Bytes::copy_from_slice(origin.as_bytes()),
+    );
     if policy.allow_credentials {
-        push(&mut out, "access-control-allow-credentials", Bytes::from_static(b"true"));
+        push(
+            &mut out,
+            "access-control-allow-credentials",
+            Bytes::from_static(b"true"),
+        );
     }
     let requested_method = req.headers.get("access-control-request-method").cloned();
     if policy.allow_methods.iter().any(|m| m == "*") {
@@ -59,17 +72,29 @@ pub fn preflight_headers(policy: &CorsPolicy, req: &RequestHead) -> Headers {
             push(&mut out, "access-control-allow-methods", m);
         }
     } else if !policy.allow_methods.is_empty() {
-        push(&mut out, "access-control-allow-methods", list(&policy.allow_methods));
+        push(
+            &mut out,
+            "access-control-allow-methods",
+            list(&policy.allow_methods),
+        );
     }
     if policy.allow_headers.iter().any(|h| h == "*") {
         if let Some(h) = req.headers.joined("access-control-request-headers") {
             push(&mut out, "access-control-allow-headers", h);
         }
     } else if !policy.allow_headers.is_empty() {
-        push(&mut out, "access-control-allow-headers", list(&policy.allow_headers));
+        push(
+            &mut out,
+            "access-control-allow-headers",
+            list(&policy.allow_headers),
+        );
     }
     if !policy.expose_headers.is_empty() {
-        push(&mut out, "access-control-expose-headers", list(&policy.expose_headers));
+        push(
+            &mut out,
+            "access-control-expose-headers",
+            list(&policy.expose_headers),
+        );
     }
     if let Some(age) = policy.max_age_seconds {
         push(&mut out, "access-control-max-age", age.to_string());
@@ -86,13 +111,25 @@ pub fn response_headers(policy: &CorsPolicy, req: &RequestHead, out: &mut Header
         return;
     }
     out.remove("access-control-allow-origin");
-    push(out, "access-control-allow-origin", Bytes::copy_from_slice(origin.as_bytes()));
+    push(
+        out,
+        "access-control-allow-origin",
+        Bytes::copy_from_slice(origin.as_bytes()),
+    );
     if policy.allow_credentials {
         out.remove("access-control-allow-credentials");
-        push(out, "access-control-allow-credentials", Bytes::from_static(b"true"));
+        push(
+            out,
+            "access-control-allow-credentials",
+            Bytes::from_static(b"true"),
+        );
     }
     if !policy.expose_headers.is_empty() {
-        push(out, "access-control-expose-headers", list(&policy.expose_headers));
+        push(
+            out,
+            "access-control-expose-headers",
+            list(&policy.expose_headers),
+        );
     }
 }
 
@@ -114,7 +151,9 @@ mod tests {
 
     fn req(s: &str) -> RequestHead {
         let mut b = BytesMut::from(s);
-        crate::codec::request::parse_request(&mut b, 65536).unwrap().unwrap()
+        crate::codec::request::parse_request(&mut b, 65536)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -133,9 +172,18 @@ mod tests {
         let r = req("OPTIONS /cors-1 HTTP/1.1\r\nHost: a\r\nOrigin: https://www.bar.com\r\nAccess-Control-Request-Method: GET\r\n\r\n");
         assert!(is_preflight(&r));
         let h = preflight_headers(&policy(), &r);
-        assert_eq!(h.get_str("access-control-allow-origin"), Some("https://www.bar.com"));
-        assert_eq!(h.get_str("access-control-allow-methods"), Some("GET, OPTIONS"));
-        assert_eq!(h.get_str("access-control-allow-headers"), Some("x-header-1, x-header-2"));
+        assert_eq!(
+            h.get_str("access-control-allow-origin"),
+            Some("https://www.bar.com")
+        );
+        assert_eq!(
+            h.get_str("access-control-allow-methods"),
+            Some("GET, OPTIONS")
+        );
+        assert_eq!(
+            h.get_str("access-control-allow-headers"),
+            Some("x-header-1, x-header-2")
+        );
         assert_eq!(h.get_str("access-control-max-age"), Some("3600"));
         assert_eq!(h.get_str("access-control-allow-credentials"), Some("true"));
 
@@ -154,8 +202,14 @@ mod tests {
         };
         let r = req("OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://other.foo.com\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-header-1, x-header-2\r\n\r\n");
         let h = preflight_headers(&p, &r);
-        assert_eq!(h.get_str("access-control-allow-origin"), Some("https://other.foo.com"));
+        assert_eq!(
+            h.get_str("access-control-allow-origin"),
+            Some("https://other.foo.com")
+        );
         assert_eq!(h.get_str("access-control-allow-methods"), Some("PUT"));
-        assert_eq!(h.get_str("access-control-allow-headers"), Some("x-header-1, x-header-2"));
+        assert_eq!(
+            h.get_str("access-control-allow-headers"),
+            Some("x-header-1, x-header-2")
+        );
     }
 }

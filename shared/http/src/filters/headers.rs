@@ -12,12 +12,18 @@ use crate::codec::Headers;
 pub fn apply(headers: &mut Headers, m: &HeaderModifier) {
     for (name, value) in &m.set {
         if valid(name, value) {
-            headers.set(Bytes::copy_from_slice(name.as_bytes()), Bytes::copy_from_slice(value.as_bytes()));
+            headers.set(
+                Bytes::copy_from_slice(name.as_bytes()),
+                Bytes::copy_from_slice(value.as_bytes()),
+            );
         }
     }
     for (name, value) in &m.add {
         if valid(name, value) {
-            headers.add(Bytes::copy_from_slice(name.as_bytes()), Bytes::copy_from_slice(value.as_bytes()));
+            headers.add(
+                Bytes::copy_from_slice(name.as_bytes()),
+                Bytes::copy_from_slice(value.as_bytes()),
+            );
         }
     }
     for name in &m.remove {
@@ -41,12 +47,21 @@ mod tests {
         h.add("X-Header-Remove", "r");
         let m = HeaderModifier {
             set: vec![("x-header-set".into(), "new".into())],
-            add: vec![("X-Header-Add".into(), "a2".into()), ("Bad\r\n".into(), "x".into())],
+            add: vec![
+                ("X-Header-Add".into(), "a2".into()),
+                ("Bad\r\n".into(), "x".into()),
+            ],
             remove: vec!["x-header-remove".into()],
         };
         apply(&mut h, &m);
-        assert_eq!(h.joined("x-header-set").unwrap(), Bytes::from_static(b"new"));
-        assert_eq!(h.joined("x-header-add").unwrap(), Bytes::from_static(b"a1,a2"));
+        assert_eq!(
+            h.joined("x-header-set").unwrap(),
+            Bytes::from_static(b"new")
+        );
+        assert_eq!(
+            h.joined("x-header-add").unwrap(),
+            Bytes::from_static(b"a1,a2")
+        );
         assert!(!h.contains("x-header-remove"));
         assert_eq!(h.len(), 3);
     }

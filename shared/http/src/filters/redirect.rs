@@ -70,8 +70,14 @@ mod tests {
         assert_eq!(loc(None, Some(80), 80), "http://example.org/x?q=1");
         assert_eq!(loc(None, Some(8080), 80), "http://example.org:8080/x?q=1");
         assert_eq!(loc(Some("https"), None, 80), "https://example.org/x?q=1");
-        assert_eq!(loc(Some("https"), Some(443), 80), "https://example.org/x?q=1");
-        assert_eq!(loc(Some("https"), Some(8443), 80), "https://example.org:8443/x?q=1");
+        assert_eq!(
+            loc(Some("https"), Some(443), 80),
+            "https://example.org/x?q=1"
+        );
+        assert_eq!(
+            loc(Some("https"), Some(8443), 80),
+            "https://example.org:8443/x?q=1"
+        );
         assert_eq!(loc(None, None, 8080), "http://example.org:8080/x?q=1");
         assert_eq!(loc(Some("https"), None, 8080), "https://example.org/x?q=1");
         assert_eq!(loc(Some("http"), None, 443), "http://example.org/x?q=1");
@@ -82,7 +88,9 @@ mod tests {
         let r = Redirect {
             scheme: None,
             hostname: None,
-            path: Some(mesh_registry::PathModifier::ReplacePrefixMatch("/replacement-prefix".into())),
+            path: Some(mesh_registry::PathModifier::ReplacePrefixMatch(
+                "/replacement-prefix".into(),
+            )),
             port: None,
             status: 302,
         };

@@ -76,16 +76,28 @@ mod tests {
         ];
         for (path, prefix, repl, want) in table {
             let got = replace_prefix(path.as_bytes(), prefix.as_bytes(), repl.as_bytes());
-            assert_eq!(String::from_utf8(got).unwrap(), want, "{path} {prefix} {repl}");
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                want,
+                "{path} {prefix} {repl}"
+            );
         }
     }
 
     #[test]
     fn query_is_kept() {
         let m = PathMatch::Prefix("/a".into());
-        let got = rewrite_path(b"/a/b?x=1", &PathModifier::ReplacePrefixMatch("/c".into()), &m);
+        let got = rewrite_path(
+            b"/a/b?x=1",
+            &PathModifier::ReplacePrefixMatch("/c".into()),
+            &m,
+        );
         assert_eq!(got, b"/c/b?x=1");
-        let got = rewrite_path(b"/a/b?x=1", &PathModifier::ReplaceFullPath("/full".into()), &m);
+        let got = rewrite_path(
+            b"/a/b?x=1",
+            &PathModifier::ReplaceFullPath("/full".into()),
+            &m,
+        );
         assert_eq!(got, b"/full?x=1");
     }
 }

@@ -31,7 +31,10 @@ pub fn pick_backend<'a, R: Rng>(rule: &'a RouteRule, rng: &mut R) -> Option<&'a 
     rule.backends.iter().rev().find(|b| b.weight > 0)
 }
 
-pub fn pick_endpoint(cluster: &Cluster, positions: &RefCell<HashMap<String, usize>>) -> Option<SocketAddr> {
+pub fn pick_endpoint(
+    cluster: &Cluster,
+    positions: &RefCell<HashMap<String, usize>>,
+) -> Option<SocketAddr> {
     let n = cluster.endpoints.len();
     if n == 0 {
         return None;
