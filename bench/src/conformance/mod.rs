@@ -97,13 +97,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let echoes = start_echoes(&self_exe, &env)?;
     let mut totals = Totals::default();
-    for (file, test) in &tests {
-        if !args.only.is_empty()
-            && !args
-                .only
+    let selected = |file: &str, test: &TestFile| -> bool {
+        if args.only.is_empty() {
+            return true;
+        }
+        let stem = file.trim_end_matches(".yaml");
+        args.only.iter().any(|o| {
+            // An exact test or file name selects just that one; otherwise substring match.
+            let exact = tests
                 .iter()
-                .any(|o| test.test.contains(o.as_str()) || file.contains(o.as_str()))
-        {
+                .any(|(f, t)| t.test == *o || f.trim_end_matches(".yaml") == o);
+            if exact {
+                test.test == *o || stem == o
+            } else {
+                test.test.contains(o.as_str()) || file.contains(o.as_str())
+            }
+        })
+    };
+    for (file, test) in &tests {
+        if !selected(file, test) {
             continue;
         }
         run_test(
