@@ -1,6 +1,369 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `bench compare SCENARIO`: side-by-side benchmarks against what users run
+//! today, with a fixed CPU placement, interleaved rounds and medians.
+//!
+//! Placement on a 2-core machine: the proxy under test runs alone on
+//! `--proxy-cpu` (default 1); the load generator and the backend share
+//! `--load-cpu` (default 0). Every contender gets the same placement, so the
+//! load generator and backend cost the same in every run and only the proxy
+//! differs. `direct` sends the load straight to the backend.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("bench compare: not implemented yet")
+mod contenders;
+mod loadrun;
+mod procs;
+mod report;
+mod svg;
+mod tools;
+mod wrk;
+
+use crate::load::fortio::rfc3339;
+use crate::load::units::parse_duration;
+use anyhow::{anyhow, bail, Context};
+use contenders::{Contender, Kind};
+use procs::{pinned_command, Proc};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+use wrk::LoadResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// ringmesh gateway vs nginx vs HAProxy vs direct, HTTP/1.1 keep-alive.
+    GatewayHttp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tool {
+    Wrk,
+    /// `bench load` (this program).
+    Bench,
+    Both,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Interleaved rounds (each contender once per round); medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Length of each load run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Load generator.
+    #[arg(long, value_enum, default_value = "wrk")]
+    pub tool: Tool,
+    /// Contenders, in order (comma separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,ringmesh,nginx,haproxy"
+    )]
+    pub contenders: Vec<Kind>,
+    /// Response body size of the backend, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub response_size: usize,
+    /// CPU of the proxy under test.
+    #[arg(long, default_value_t = 1)]
+    pub proxy_cpu: usize,
+    /// CPU of the load generator and the backend.
+    #[arg(long, default_value_t = 0)]
+    pub load_cpu: usize,
+    /// The ringmesh gateway binary (default: `gateway` next to this program).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// Where the JSON and SVG go.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+    /// Do not apt-get install missing tools.
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::GatewayHttp => gateway_http(&args),
+    }
+}
+
+fn tool_names(t: Tool) -> Vec<String> {
+    match t {
+        Tool::Wrk => vec!["wrk".into()],
+        Tool::Bench => vec!["bench".into()],
+        Tool::Both => vec!["wrk".into(), "bench".into()],
+    }
+}
+
+/// The backend: `bench echo` with a fixed small response on the load CPU.
+fn start_backend(
+    bench_bin: &Path,
+    cpu: usize,
+    response_size: usize,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut cmd = pinned_command(cpu, &bench_bin.to_string_lossy());
+    cmd.args([
+        "echo",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--name",
+        "echo",
+        "--namespace",
+        "default",
+        "--quiet",
+    ])
+    .arg("--fixed-response")
+    .arg(response_size.to_string())
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut p = Proc::spawn("backend", cmd)?;
+    let line = p.first_stdout_line()?;
+    // "echo listening on 127.0.0.1:PORT pod NAME"
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            anyhow!("backend printed {line:?}, expected 'echo listening on ADDR ...'")
+        })?;
+    procs::wait_ready(&mut p, addr, "/", Duration::from_secs(10))?;
+    Ok((p, addr))
+}
+
+fn one_run(
+    tool: &str,
+    bench_bin: &Path,
+    args: &Args,
+    url: &str,
+    duration: Duration,
+    json_tmp: &Path,
+) -> anyhow::Result<LoadResult> {
+    match tool {
+        "wrk" => wrk::run_wrk(args.load_cpu, url, args.connections, duration),
+        _ => loadrun::run_bench_load(
+            bench_bin,
+            args.load_cpu,
+            url,
+            args.connections,
+            duration,
+            json_tmp,
+        ),
+    }
+}
+
+fn gateway_http(args: &Args) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if args.proxy_cpu >= cpus || args.load_cpu >= cpus {
+        bail!("this machine has {cpus} CPU(s); pick --proxy-cpu and --load-cpu below {cpus}");
+    }
+    if args.proxy_cpu == args.load_cpu {
+        eprintln!(
+            "warning: proxy and load generator share CPU {}",
+            args.proxy_cpu
+        );
+    }
+    let tools = tool_names(args.tool);
+    if !args.no_install {
+        let mut needed = vec![];
+        if tools.iter().any(|t| t == "wrk") {
+            needed.push(("wrk", "wrk"));
+        }
+        if args.contenders.contains(&Kind::Nginx) {
+            needed.push(("nginx", "nginx"));
+        }
+        if args.contenders.contains(&Kind::Haproxy) {
+            needed.push(("haproxy", "haproxy"));
+        }
+        tools::ensure(&needed)?;
+    }
+    let bench_bin = std::env::current_exe().context("locating this program")?;
+    let gateway_bin = args
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(|| bench_bin.with_file_name("gateway"));
+    let work_dir = std::env::temp_dir().join(format!("ringmesh-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+    let started_at = rfc3339(SystemTime::now());
+
+    let (mut backend, backend_addr) = start_backend(&bench_bin, args.load_cpu, args.response_size)?;
+    eprintln!(
+        "backend: bench echo --fixed-response {} on {backend_addr} (CPU {})",
+        args.response_size, args.load_cpu
+    );
+
+    let cx = contenders::StartContext {
+        work_dir: &work_dir,
+        backend: backend_addr,
+        proxy_cpu: args.proxy_cpu,
+        gateway_bin: &gateway_bin,
+    };
+    let mut running: Vec<Contender> = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in &args.contenders {
+        if *kind == Kind::Ringmesh && !gateway_bin.is_file() {
+            let why = format!(
+                "ringmesh: {} not found (cargo build --release -p ringmesh-gateway)",
+                gateway_bin.display()
+            );
+            eprintln!("skipping {why}");
+            skipped.push(why);
+            continue;
+        }
+        match contenders::start(*kind, &cx) {
+            Ok(c) => {
+                eprintln!("{}: {}", kind.name(), c.url());
+                running.push(c);
+            }
+            Err(e) => {
+                let why = format!("{}: {e:#}", kind.name());
+                eprintln!("skipping {why}");
+                skipped.push(why);
+            }
+        }
+    }
+    if running.is_empty() {
+        bail!("no contender started: {}", skipped.join("; "));
+    }
+
+    // Warm up every contender (connection pools, caches, CPU frequency).
+    let json_tmp = work_dir.join("load.json");
+    for c in &running {
+        for tool in &tools {
+            one_run(
+                tool,
+                &bench_bin,
+                args,
+                &c.url(),
+                Duration::from_secs(2),
+                &json_tmp,
+            )
+            .with_context(|| format!("warm-up of {}", c.kind.name()))?;
+        }
+    }
+
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        // Rotate the order each round so no contender always runs first.
+        let n = running.len();
+        for i in 0..n {
+            let c = &mut running[(i + round) % n];
+            if let Some(p) = c.proc.as_mut() {
+                p.check_alive()?;
+            }
+            for tool in &tools {
+                let proxy_before = c.proc.as_ref().map(|p| p.cpu_seconds());
+                let backend_before = backend.cpu_seconds();
+                let load = one_run(tool, &bench_bin, args, &c.url(), args.duration, &json_tmp)
+                    .with_context(|| format!("round {} on {}", round + 1, c.kind.name()))?;
+                let proxy_cpu = c
+                    .proc
+                    .as_ref()
+                    .map(|p| p.cpu_seconds())
+                    .zip(proxy_before)
+                    .map(|(a, b)| a - b);
+                let backend_cpu = backend.cpu_seconds() - backend_before;
+                let per_req = |cpu: f64| {
+                    if load.requests > 0 {
+                        cpu * 1e6 / load.requests as f64
+                    } else {
+                        0.0
+                    }
+                };
+                let run = report::Run {
+                    round: round + 1,
+                    contender: c.kind.name().into(),
+                    tool: tool.clone(),
+                    proxy_cpu_seconds: proxy_cpu,
+                    proxy_cpu_us_per_request: proxy_cpu.map(per_req),
+                    backend_cpu_us_per_request: per_req(backend_cpu),
+                    load,
+                };
+                eprintln!(
+                    "round {}/{} {:>8} {:>5}: {:>9.0} req/s  p50 {:>6.0}µs  p99 {:>6.0}µs  proxy CPU {} µs/req  errors {}",
+                    round + 1,
+                    args.rounds,
+                    run.contender,
+                    run.tool,
+                    run.load.rps,
+                    run.load.p50_us,
+                    run.load.p99_us,
+                    run.proxy_cpu_us_per_request.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+                    run.load.errors
+                );
+                runs.push(run);
+            }
+        }
+        backend.check_alive()?;
+    }
+
+    let names: Vec<String> = running.iter().map(|c| c.kind.name().to_string()).collect();
+    let summary = report::summarize(&runs, &names, &tools, "nginx");
+    let table = report::table(&summary, "nginx");
+    println!("\n{table}");
+    let placement = format!(
+        "proxy (one worker) pinned to CPU {}; load generator ({}) and backend (bench echo, 1 worker, {}-byte body) pinned to CPU {}",
+        args.proxy_cpu,
+        tools.join("+"),
+        args.response_size,
+        args.load_cpu
+    );
+    let machine = report::Machine::detect();
+    let report = report::Report {
+        scenario: "gateway-http".into(),
+        started_at: started_at.clone(),
+        settings: serde_json::json!({
+            "rounds": args.rounds,
+            "duration_s": args.duration.as_secs_f64(),
+            "connections": args.connections,
+            "load_threads": 1,
+            "tools": tools,
+            "response_size": args.response_size,
+            "baseline": "nginx",
+        }),
+        placement: placement.clone(),
+        skipped,
+        summary,
+        runs,
+        machine,
+    };
+    std::fs::create_dir_all(&args.out_dir)?;
+    let json_path = args.out_dir.join("gateway-http.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    let subtitle = format!(
+        "{} x {:?} runs, {} connections, medians; {} on {} ({} CPUs), {}",
+        args.rounds,
+        args.duration,
+        args.connections,
+        started_at.get(..16).unwrap_or(&started_at),
+        report.machine.cpu_model,
+        report.machine.cpus,
+        placement
+    );
+    let svg_path = args.out_dir.join("gateway-http.svg");
+    std::fs::write(
+        &svg_path,
+        svg::render(
+            "gateway-http: HTTP/1.1 proxy, one worker",
+            &subtitle,
+            &report.summary,
+        ),
+    )?;
+    eprintln!("wrote {} and {}", json_path.display(), svg_path.display());
+    drop(running);
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&work_dir);
+    Ok(())
 }
