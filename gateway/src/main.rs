@@ -1,4 +1,92 @@
+//! `gateway`: north-south ingress serving the listeners of Gateway API
+//! Gateways. Only flags and composition live here; the work is in shared/.
+
+mod args;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use mesh_registry::{Snapshot, TranslateOptions};
+
+use args::Args;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {}
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config.clone();
+    if !config.exists() {
+        anyhow::bail!("config path {} does not exist", config.display());
+    }
+    let translate_options = TranslateOptions {
+        gateway_class: args.gateway_class.clone(),
+        gateway: args.gateway.clone(),
+    };
+
+    let initial = build_snapshot(&config, &translate_options)?;
+    let snapshots = mesh_registry::new_handle(Snapshot::default());
+    let version = mesh_runtime::publish(&snapshots, initial);
+    tracing::info!(config = %config.display(), version, "configuration loaded");
+
+    let options = args.runtime_options();
+    let workers = options.workers;
+    let metrics = Arc::new(mesh_http::HttpMetrics::new(workers));
+    let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
+    runtime.add_metrics(metrics.clone());
+    let reload_path = config.clone();
+    runtime.watch_config(
+        config,
+        Box::new(move || build_snapshot(&reload_path, &translate_options)),
+    );
+
+    let http_options = args.http_options();
+    runtime.run(move |worker| {
+        mesh_http::HttpHandler::new(
+            snapshots.clone(),
+            metrics.workers[worker].clone(),
+            http_options.clone(),
+        )
+    })
+}
+
+/// Load + translate. Rejected documents are logged one per line and listed in
+/// `status.config_errors`; only an unreadable path is an error.
+fn build_snapshot(path: &Path, options: &TranslateOptions) -> anyhow::Result<Snapshot> {
+    let loaded = mesh_config::load_path(path)?;
+    let mut snapshot = mesh_registry::translate(&loaded.resources, options);
+    let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    for error in &snapshot.status.config_errors {
+        if !errors.contains(error) {
+            errors.push(error.clone());
+        }
+    }
+    for error in &errors {
+        tracing::warn!("config error: {error}");
+    }
+    snapshot.status.config_errors = errors;
+    Ok(snapshot)
+}

@@ -58,6 +58,9 @@ impl Fingerprint {
     }
 }
 
+/// Looks at the files the config loader reads: the path itself when it is a
+/// file, else `.yaml`/`.yml` files below it, skipping hidden folders (such as
+/// Kubernetes' `..data`). Editor temp and swap files therefore cause no reload.
 fn collect(path: &Path, depth: usize, out: &mut Vec<FileStamp>) -> std::io::Result<()> {
     // `metadata` follows symlinks: a swapped link target shows up as a change.
     let meta = std::fs::metadata(path)?;
@@ -66,10 +69,24 @@ fn collect(path: &Path, depth: usize, out: &mut Vec<FileStamp>) -> std::io::Resu
             return Ok(());
         }
         for entry in std::fs::read_dir(path)? {
-            let entry = entry?;
-            // A file vanishing between listing and stat is an ordinary race
-            // with an editor; the next poll sees the settled state.
-            let _ = collect(&entry.path(), depth + 1, out);
+            let child = entry?.path();
+            let name = child.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let Ok(child_meta) = std::fs::metadata(&child) else {
+                // Vanished between listing and stat (an editor at work) or a
+                // dangling link: the next poll sees the settled state.
+                continue;
+            };
+            let wanted = if child_meta.is_dir() {
+                !name.starts_with('.')
+            } else {
+                matches!(
+                    child.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+            };
+            if wanted {
+                let _ = collect(&child, depth + 1, out);
+            }
         }
     } else {
         use std::os::unix::fs::MetadataExt;
@@ -139,6 +156,12 @@ mod tests {
         std::fs::write(dir.join("sub/b.yaml"), "b: 1\n").unwrap();
         let added = Fingerprint::of(&dir);
         assert_ne!(edited, added);
+
+        // Files the loader ignores do not count.
+        std::fs::write(dir.join(".a.yaml.swp"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("..data")).unwrap();
+        std::fs::write(dir.join("..data/c.yaml"), "c: 1\n").unwrap();
+        assert_eq!(added, Fingerprint::of(&dir));
 
         std::fs::remove_dir_all(&dir).unwrap();
         let gone = Fingerprint::of(&dir);
