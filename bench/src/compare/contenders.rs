@@ -226,7 +226,7 @@ pub fn haproxy_cfg(port: u16, backend: SocketAddr) -> String {
     format!(
         r#"global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     option http-keep-alive
