@@ -510,6 +510,9 @@ async fn forward(
     }
 
     let head_request = req.method_is("HEAD");
+    let idempotent = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+        .iter()
+        .any(|m| req.method_is(m));
     let per_try = rule.timeouts.backend_request;
     let deadline = rule.timeouts.request.map(|d| start + d);
     let retry: Option<&RetryPolicy> = rule.retry.as_ref().filter(|_| buffered.is_some());
@@ -532,7 +535,20 @@ async fn forward(
                 (Some(p), None) => Some(now + p),
                 (None, d) => d,
             };
-            let fut = attempt(h, addr, &wire, stream_src.take(), out_framing, head_request);
+            // A reset on a pooled connection may just mean the peer closed it
+            // while idle: replay once on a fresh one, but only when no retry
+            // policy counts tries and replaying is safe.
+            let stale_retry =
+                retry.is_none() && buffered.is_some() && (idempotent || body_len == 0);
+            let fut = attempt(
+                h,
+                addr,
+                &wire,
+                stream_src.take(),
+                out_framing,
+                head_request,
+                stale_retry,
+            );
             let r = match try_deadline {
                 Some(d) => monoio::time::timeout_at(d.into(), fut)
                     .await
@@ -640,6 +656,7 @@ fn spawn_mirror(
     mirror::spawn(addr, wire.freeze(), h.options.mirror_timeout);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     h: &HttpHandler,
     addr: SocketAddr,
@@ -647,6 +664,7 @@ async fn attempt(
     stream: Option<(&mut BodyReader, &mut Io)>,
     framing: OutFraming,
     head_request: bool,
+    stale_retry: bool,
 ) -> Result<(Io, ResponseHead), AttemptError> {
     let replayable = stream.is_none();
     let max_head = h.options.max_response_header_bytes;
@@ -661,7 +679,7 @@ async fn attempt(
     };
     match exchange(&mut up, wire, stream, framing, head_request, max_head).await {
         // A pooled connection the peer closed meanwhile: once more on a fresh one.
-        Err(AttemptError::Reset { any_bytes: false }) if reused && replayable => {
+        Err(AttemptError::Reset { any_bytes: false }) if reused && replayable && stale_retry => {
             let mut fresh = pool::connect(addr, h.options.connect_timeout)
                 .await
                 .map_err(|_| AttemptError::Connect)?;

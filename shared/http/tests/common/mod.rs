@@ -357,7 +357,10 @@ fn serve_upstream(stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
             reset(&stream);
             return Ok(());
         }
-        if path.starts_with("/flaky") {
+        if let Some(ms) = query_param(&path, "delay") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+        }
+        if path.contains("/flaky") {
             let key = query_param(&path, "key").unwrap();
             let fail: u32 = query_param(&path, "fail").unwrap().parse().unwrap();
             let code: u16 = query_param(&path, "code")
@@ -382,9 +385,6 @@ fn serve_upstream(stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
         if let Some(ms) = path.strip_prefix("/delay/") {
             let ms: u64 = ms.split('?').next().unwrap().parse().unwrap();
             std::thread::sleep(Duration::from_millis(ms));
-        }
-        if let Some(ms) = query_param(&path, "delay") {
-            std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
         }
         if path.starts_with("/chunked") {
             w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")?;
@@ -500,7 +500,10 @@ pub fn closed_after<R: Read>(r: &mut R) -> bool {
     // A reset also means closed; only a read timeout means still open.
     match r.read_to_end(&mut rest) {
         Ok(_) => true,
-        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 
