@@ -64,16 +64,14 @@ addressType: IPv4
 ports: [{name: first-port, port: 40001}, {name: second-port, port: 40002}, {name: third-port, port: 40003}]
 endpoints: [{addresses: [127.0.0.1]}]
 "#;
-    let mut port = 40010;
-    for (ns, name) in [
+    for (port, (ns, name)) in (40010u16..).zip([
         (infra, "infra-backend-v2"),
         (infra, "infra-backend-v3"),
         ("gateway-conformance-app-backend", "app-backend-v1"),
         ("gateway-conformance-app-backend", "app-backend-v2"),
         ("gateway-conformance-web-backend", "web-backend"),
-    ] {
+    ]) {
         y += &service(ns, name, 8080, port);
-        port += 1;
     }
     y
 }
