@@ -199,7 +199,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
         });
 
     let mut handles = Vec::new();
-    for t in 0..args.threads {
+    for (t, thread_counters) in counters.iter().enumerate() {
         let plan = worker::ThreadPlan {
             protocol: target.protocol,
             addr: target.addr,
@@ -215,7 +215,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
             request_budget: args.requests.map(|n| share(n, args.threads, t)),
             new_connection_per_request: args.new_conn,
             timeout: (!args.timeout.is_zero()).then_some(args.timeout),
-            counters: counters[t].clone(),
+            counters: thread_counters.clone(),
         };
         handles.push(
             std::thread::Builder::new()
