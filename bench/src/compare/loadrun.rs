@@ -13,10 +13,12 @@ pub fn run_bench_load(
     url: &str,
     connections: usize,
     duration: Duration,
+    qps: Option<f64>,
     json_path: &Path,
 ) -> anyhow::Result<LoadResult> {
     let out = pinned_command(cpu, &bench_bin.to_string_lossy())
         .args(["load", "-t1", "-q", "--no-progress"])
+        .arg(format!("--qps={}", qps.unwrap_or(0.0)))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}ms", duration.as_millis()))
         .arg("--json")

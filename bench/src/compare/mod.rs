@@ -11,6 +11,7 @@ mod contenders;
 mod loadrun;
 mod procs;
 mod report;
+mod selfcheck;
 mod svg;
 mod tools;
 mod wrk;
@@ -30,6 +31,9 @@ use wrk::LoadResult;
 pub enum Scenario {
     /// ringmesh gateway vs nginx vs HAProxy vs direct, HTTP/1.1 keep-alive.
     GatewayHttp,
+    /// The load generator itself vs wrk against the backend directly (max rate
+    /// ratio) plus open-loop rate accuracy.
+    Loadgen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +92,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::GatewayHttp => gateway_http(&args),
+        Scenario::Loadgen => selfcheck::loadgen(&args),
     }
 }
 
@@ -154,6 +159,7 @@ fn one_run(
             url,
             args.connections,
             duration,
+            None,
             json_tmp,
         ),
     }
