@@ -1,6 +1,7 @@
 //! Serving one request: route, filters, backend pick, forward with
 //! retries and timeouts, stream the response back.
 
+use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -248,7 +249,7 @@ pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead
     }
     let snapshot = h.snapshots.load_full();
     let host_raw = req.host_header().cloned().unwrap_or_default();
-    let host = routing_host(&host_raw).into_owned();
+    let host = routing_host(&host_raw);
     let Some(entry) = route::select(&snapshot, c.port, &host, &req) else {
         return answer(
             h,
@@ -387,15 +388,14 @@ fn write_upstream_head(
             write_header(out, b"host", a);
         }
     }
-    let ip = client_ip.to_string();
-    match forwarded_for {
-        Some(mut v) => {
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            write_header(out, b"x-forwarded-for", &v);
-        }
-        None => write_header(out, b"x-forwarded-for", ip.as_bytes()),
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(v) = forwarded_for {
+        out.extend_from_slice(&v);
+        out.extend_from_slice(b", ");
     }
+    // Formatting into the buffer directly: no temporary String.
+    let _ = write!(out, "{client_ip}");
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"x-forwarded-proto: http\r\n");
     if !request_id.is_empty() {
         write_header(out, b"x-request-id", request_id);
@@ -498,7 +498,10 @@ async fn forward(
     };
     let client_ip = c.peer.ip();
     let body_len = buffered.as_ref().map_or(0, Bytes::len);
-    let mut wire = BytesMut::with_capacity(512 + body_len);
+    // The connection's scratch buffer, reclaimed after the tries below.
+    let mut wire = std::mem::take(&mut c.scratch);
+    wire.clear();
+    wire.reserve(512 + body_len);
     write_upstream_head(&mut wire, &req, client_ip, upstream_body, false, request_id);
     if let Some(b) = &buffered {
         wire.extend_from_slice(b);
@@ -585,6 +588,10 @@ async fn forward(
         }
     };
 
+    if let Ok(mut b) = wire.try_into_mut() {
+        b.clear();
+        c.scratch = b;
+    }
     let (upstream, resp, addr) = match result {
         Ok(r) => r,
         Err(AttemptError::Client(e)) => return body_failure(h, c, e, false).await,

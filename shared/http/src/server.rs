@@ -23,6 +23,8 @@ pub(crate) struct Client {
     pub drain: Drain,
     /// Reused for every response head (and small bodies written with it).
     pub wbuf: BytesMut,
+    /// Reused for every upstream request head.
+    pub scratch: BytesMut,
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
@@ -34,6 +36,7 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
         port: conn.port,
         drain: conn.drain,
         wbuf: BytesMut::with_capacity(4096),
+        scratch: BytesMut::new(),
     };
     let mut first = true;
     loop {
