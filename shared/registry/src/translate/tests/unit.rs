@@ -606,3 +606,48 @@ fn ten_thousand_routes_translate_quickly() {
     assert!(took < Duration::from_secs(5), "translation took {took:?}");
     eprintln!("10k routes translated in {took:?}");
 }
+
+#[test]
+fn allowed_route_kinds_and_loader_errors_in_status() {
+    let mut y = gateway(
+        "infra",
+        "gw",
+        &[
+            "{name: grpc-only, port: 80, protocol: HTTP, hostname: g.com, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}",
+            "{name: mixed, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}}",
+        ],
+    );
+    y += &route("infra", "r", "  parentRefs: [{name: gw}]\n  rules: [{}]\n");
+    y += "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: infra}\nspec: {ports: [{port: eighty}]}\n";
+    let loaded = mesh_config::load_str("mixed.yaml", &y);
+    assert_eq!(loaded.errors.len(), 1);
+    let snap = crate::translate_loaded(&loaded, &TranslateOptions::default());
+    assert_eq!(snap.status.config_errors.len(), 1);
+    assert!(
+        snap.status.config_errors[0]
+            .starts_with("mixed.yaml: Service infra/broken: spec.ports[0].port: "),
+        "{:?}",
+        snap.status.config_errors
+    );
+    let gw = &snap.status.gateways[0];
+    let grpc = &gw.listeners[0];
+    assert!(grpc.supported_kinds.is_empty());
+    let rr = grpc
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(
+        (rr.status.as_str(), rr.reason.as_str()),
+        ("False", "InvalidRouteKinds")
+    );
+    assert_eq!(
+        gw.listeners[1].supported_kinds,
+        vec!["gateway.networking.k8s.io/HTTPRoute"]
+    );
+    assert_eq!(attached_routes(&snap, "infra/gw", "grpc-only"), 0);
+    assert_eq!(attached_routes(&snap, "infra/gw", "mixed"), 1);
+    // The route has no backends: it matches and the engine answers 500.
+    assert!(pick(&snap, &req("x.org", "/")).unwrap().backends.is_empty());
+    assert!(pick(&snap, &req("g.com", "/")).is_none());
+}
