@@ -272,6 +272,15 @@ impl Loader {
                 return;
             }
         };
+        self.add_value(file, index, doc.first_line, value);
+    }
+
+    /// One parsed document (or one item of a `kind: List`).
+    fn add_value(&mut self, file: &Path, index: usize, first_line: usize, value: Value) {
+        let doc = Document {
+            text: "",
+            first_line,
+        };
         let mut map = match value {
             Value::Null => return,
             Value::Mapping(m) if m.is_empty() => return,
@@ -298,6 +307,17 @@ impl Loader {
             .and_then(Value::as_str)
             .map(str::to_string);
         let kind_name = map.get("kind").and_then(Value::as_str).map(str::to_string);
+        // `kubectl get -o yaml` output: a v1 List whose items are objects.
+        if api_version.as_deref() == Some("v1") && kind_name.as_deref() == Some("List") {
+            let items = match map.remove("items") {
+                Some(Value::Sequence(items)) => items,
+                _ => Vec::new(),
+            };
+            for item in items {
+                self.add_value(file, index, first_line, item);
+            }
+            return;
+        }
         let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
             let message = format!(
                 "document {} (line {}) needs apiVersion and kind",

@@ -224,3 +224,23 @@ fn splits_documents_with_line_numbers() {
     assert_eq!(docs[2].first_line, 4);
     assert_eq!(docs[2].text.trim(), "c: 3");
 }
+
+#[test]
+fn v1_list_items_are_loaded() {
+    let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: a}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: s, namespace: a}
+  spec: {ports: [{port: "x"}]}
+"#;
+    let loaded = load_str("list.yaml", text);
+    assert_eq!(loaded.resources.namespaces.len(), 1);
+    assert_eq!(loaded.errors.len(), 1);
+    assert_eq!(loaded.errors[0].object.as_deref(), Some("Service a/s"));
+}
