@@ -1,0 +1,1 @@
+//! HBONE client (pool) and server over h2 on monoio.

@@ -1,0 +1,1 @@
+//! SPIFFE identities, the CA, rustls configs and the TLS stream on monoio.
