@@ -210,12 +210,12 @@ impl MetricsSource for HttpMetrics {
         out.push_str("# TYPE istio_tcp_connections_opened_total counter\n");
         let _ = writeln!(
             out,
-            "istio_tcp_connections_opened_total{{reporter=\"destination\",request_protocol=\"http\"}} {opened}"
+            "istio_tcp_connections_opened_total{{reporter=\"source\",request_protocol=\"http\"}} {opened}"
         );
         out.push_str("# TYPE istio_tcp_connections_closed_total counter\n");
         let _ = writeln!(
             out,
-            "istio_tcp_connections_closed_total{{reporter=\"destination\",request_protocol=\"http\"}} {closed}"
+            "istio_tcp_connections_closed_total{{reporter=\"source\",request_protocol=\"http\"}} {closed}"
         );
     }
 }
@@ -249,6 +249,8 @@ mod tests {
         ));
         assert!(out.contains("le=\"5\"} 1"));
         assert!(out.contains("le=\"1000\"} 2"));
-        assert!(out.contains("istio_tcp_connections_opened_total{reporter=\"destination\",request_protocol=\"http\"} 1"));
+        assert!(out.contains(
+            "istio_tcp_connections_opened_total{reporter=\"source\",request_protocol=\"http\"} 1"
+        ));
     }
 }

@@ -20,9 +20,16 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections older than this are dropped by the periodic sweep
+/// (upstreams close idle keep-alive connections on their own schedule).
+const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
+/// Sweep every this many `put`s (endpoints that disappeared leave no sockets behind).
+const SWEEP_EVERY: u32 = 1024;
+
 pub struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
     max_idle: usize,
+    puts: std::cell::Cell<u32>,
 }
 
 impl Pool {
@@ -30,6 +37,7 @@ impl Pool {
         Self {
             idle: RefCell::new(HashMap::new()),
             max_idle,
+            puts: std::cell::Cell::new(0),
         }
     }
 
@@ -54,6 +62,14 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
+        let puts = self.puts.get().wrapping_add(1);
+        self.puts.set(puts);
+        if puts % SWEEP_EVERY == 0 {
+            idle.retain(|_, list| {
+                list.retain(|c| c.since.elapsed() < MAX_IDLE_AGE);
+                !list.is_empty()
+            });
+        }
         let list = idle.entry(addr).or_default();
         if list.len() >= self.max_idle {
             // Drop the oldest: it is the most likely to be closed by the peer.
