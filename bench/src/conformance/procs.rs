@@ -111,6 +111,18 @@ impl EchoProcess {
         })
     }
 
+    /// Log lines mentioning `needle` (a probe's uuid): echoed requests and failed retry
+    /// attempts, for diagnosing a failed case.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     pub fn saw_request(&self, path: &str) -> bool {
         let needle = format!("Echoing back request made to {path} to client");
         self.log

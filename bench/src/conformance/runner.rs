@@ -152,8 +152,11 @@ fn probe_http(case: &Case, port: u16, scheme: &str, echoes: &[EchoProcess]) -> R
         }
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let response = client::send(addr, &request, PROBE_TIMEOUT)?;
-    checks::check_http(&expect, &sent, &response)?;
+    let result = client::send(addr, &request, PROBE_TIMEOUT)
+        .and_then(|response| checks::check_http(&expect, &sent, &response));
+    if let Err(reason) = result {
+        return Err(with_backend_trace(reason, &uuid, &sent.path, echoes));
+    }
     for mirror in &case.expect.mirrored_to {
         let path = substitute(&mirror.path, &uuid);
         let candidates: Vec<&EchoProcess> = echoes
@@ -178,6 +181,28 @@ fn probe_http(case: &Case, port: u16, scheme: &str, echoes: &[EchoProcess]) -> R
         }
     }
     Ok(())
+}
+
+/// Appends what the echo backends logged for this probe's uuid (retry attempts that
+/// failed, echoed requests), when the request carried one.
+fn with_backend_trace(reason: String, uuid: &str, path: &str, echoes: &[EchoProcess]) -> String {
+    if !path.contains(uuid) {
+        return reason;
+    }
+    // Give the backends' stdout a moment to reach the reader threads.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut attempts = 0;
+    let mut echoed = 0;
+    for echo in echoes {
+        for line in echo.lines_with(uuid) {
+            if line.starts_with("Retry attempt") {
+                attempts += 1;
+            } else {
+                echoed += 1;
+            }
+        }
+    }
+    format!("{reason} [backends saw {attempts} failed retry attempts and echoed {echoed} requests for this probe]")
 }
 
 /// `kind: distribution`: `samples` requests over `concurrency` connections at a time; the

@@ -87,7 +87,7 @@ pub fn handle(req: &RequestView<'_>, identity: &Identity, retries: &RetryState) 
     }
     let params = parse_query(query);
     if path.starts_with("/retry/") || path == "/retry" {
-        if let Some(action) = retry_action(&params, req, retries) {
+        if let Some(action) = retry_action(&params, req, retries, identity.log_requests) {
             return action;
         }
     }
@@ -115,6 +115,7 @@ fn retry_action(
     params: &HashMap<String, String>,
     req: &RequestView<'_>,
     retries: &RetryState,
+    log: bool,
 ) -> Option<Action> {
     let bad = |msg: &str| {
         Some(Action::Respond {
@@ -145,8 +146,19 @@ fn retry_action(
         },
         None => None,
     };
-    if retries.next_attempt(uuid) > succeed_after {
+    let attempt = retries.next_attempt(uuid);
+    if attempt > succeed_after {
         return None;
+    }
+    if log {
+        use std::io::Write;
+        // Not the "Echoing back" prefix: mirror assertions must not count failed attempts.
+        let outcome = response_code.map_or("reset".to_string(), |c| c.to_string());
+        let line = format!(
+            "Retry attempt {attempt} of uuid {uuid} failing with {outcome} to client ({})\n",
+            req.remote
+        );
+        let _ = std::io::stdout().lock().write_all(line.as_bytes());
     }
     Some(match response_code {
         Some(code) => Action::Respond {
