@@ -64,7 +64,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let puts = self.puts.get().wrapping_add(1);
         self.puts.set(puts);
-        if puts % SWEEP_EVERY == 0 {
+        if puts.is_multiple_of(SWEEP_EVERY) {
             idle.retain(|_, list| {
                 list.retain(|c| c.since.elapsed() < MAX_IDLE_AGE);
                 !list.is_empty()
