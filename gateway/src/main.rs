@@ -17,8 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
-    match run(args) {
+    let log_control = init_logging();
+    match run(args, log_control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e:#}");
@@ -27,17 +27,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+/// Logs to stderr with the `RUST_LOG` filter (default `info`), which the
+/// admin `/logging` endpoint can replace at run time.
+fn init_logging() -> mesh_runtime::LogControl {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    Box::new(move |level: Option<&str>| {
+        if let Some(level) = level {
+            let filter =
+                EnvFilter::try_new(level).map_err(|e| format!("invalid filter {level:?}: {e}"))?;
+            handle.reload(filter).map_err(|e| e.to_string())?;
+        }
+        handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| e.to_string())
+    })
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> {
     let config = args.config.clone();
     if !config.exists() {
         anyhow::bail!("config path {} does not exist", config.display());
@@ -57,6 +75,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(mesh_http::HttpMetrics::new(workers));
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
     runtime.add_metrics(metrics.clone());
+    runtime.set_log_control(log_control);
     let reload_path = config.clone();
     runtime.watch_config(
         config,

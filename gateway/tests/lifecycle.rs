@@ -151,3 +151,74 @@ fn bad_flags_are_rejected() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("NAMESPACE/NAME"));
 }
+
+#[test]
+fn logging_filter_changes_at_run_time() {
+    let config = TempConfig::new();
+    config.write("class.yaml", GATEWAY_CLASS);
+    let gw = Gateway::with_config(config.path()).start();
+    let now = get(gw.admin, "/logging").unwrap();
+    assert_eq!((now.status, now.body.trim()), (200, "info"));
+
+    let set = request(gw.admin, "POST", "/logging?level=debug", "localhost").unwrap();
+    assert_eq!((set.status, set.body.trim()), (200, "debug"));
+    assert!(gw.logs().contains("log filter changed"), "{}", gw.logs());
+    assert_eq!(get(gw.admin, "/logging").unwrap().body.trim(), "debug");
+
+    let bad = request(gw.admin, "POST", "/logging?level=%%%", "localhost").unwrap();
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(get(gw.admin, "/logging").unwrap().body.trim(), "debug");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let config = TempConfig::new();
+    config.write("class.yaml", GATEWAY_CLASS);
+    let port = support::free_port();
+    config.write(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: edge
+  namespace: default
+spec:
+  gatewayClassName: ringmesh
+  listeners:
+  - name: http
+    port: {port}
+    protocol: HTTP
+"
+        ),
+    );
+    let mut gw = Gateway::with_config(config.path())
+        .arg("--drain-timeout")
+        .arg("60s")
+        .start();
+    // An open connection in the middle of a request head keeps the drain busy.
+    let mut busy = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut busy, b"GET / HTTP/1.1\r\n").unwrap();
+    support::wait_for(
+        "the connection to be counted",
+        Duration::from_secs(5),
+        || {
+            get(gw.metrics, "/metrics")
+                .unwrap()
+                .body
+                .contains("ringmesh_downstream_connections_active 1\n")
+        },
+    );
+    gw.terminate();
+    support::wait_for("draining", Duration::from_secs(5), || {
+        get(gw.ready, "/healthz/ready").is_ok_and(|r| r.status == 503)
+    });
+    let started = Instant::now();
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(5));
+    assert!(
+        !status.success(),
+        "a forced exit is not a clean one: {status}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

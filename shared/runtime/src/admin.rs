@@ -3,7 +3,7 @@
 use crate::control::ControlState;
 use crate::http_responder::{Request, Response};
 
-/// Admin: `/config_dump`, `/status`, `/quitquitquit`, `/healthz/ready`.
+/// Admin: `/config_dump`, `/status`, `/quitquitquit`, `/healthz/ready`, `/logging`.
 pub(crate) fn admin(state: &ControlState, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/config_dump") => match serde_json::to_string_pretty(&**state.snapshots.load()) {
@@ -22,14 +22,36 @@ pub(crate) fn admin(state: &ControlState, req: &Request) -> Response {
             response
         }
         ("GET", "/healthz/ready") => ready(state, req),
+        ("GET" | "POST", "/logging") => logging(state, req),
         ("GET", "/") => Response::text(
             200,
-            "ringmesh admin\n  /config_dump\n  /status\n  /healthz/ready\n  /quitquitquit (POST)\n",
+            "ringmesh admin\n  /config_dump\n  /status\n  /healthz/ready\n  /quitquitquit (POST)\n  /logging (GET; POST ?level=FILTER)\n",
         ),
-        (_, "/config_dump" | "/status" | "/quitquitquit" | "/healthz/ready") => {
+        (_, "/config_dump" | "/status" | "/quitquitquit" | "/healthz/ready" | "/logging") => {
             Response::text(405, "method not allowed\n")
         }
         _ => Response::not_found(),
+    }
+}
+
+/// `GET /logging`: the log filter; `POST /logging?level=F`: set it (RUST_LOG syntax).
+fn logging(state: &ControlState, req: &Request) -> Response {
+    let Some(control) = &state.log_control else {
+        return Response::text(404, "log control not enabled in this program\n");
+    };
+    let level = match (req.method.as_str(), req.param("level")) {
+        ("POST", Some(level)) => Some(level),
+        ("POST", None) => return Response::text(400, "usage: POST /logging?level=debug\n"),
+        _ => None,
+    };
+    match control(level) {
+        Ok(now) => {
+            if let Some(level) = level {
+                tracing::info!(filter = %now, requested = level, "log filter changed");
+            }
+            Response::text(200, format!("{now}\n"))
+        }
+        Err(e) => Response::text(400, format!("{e}\n")),
     }
 }
 

@@ -20,6 +20,7 @@ pub(crate) struct ControlState {
     pub(crate) shutdown: Arc<ShutdownState>,
     pub(crate) sources: Vec<Arc<dyn MetricsSource>>,
     pub(crate) reloads: ReloadStats,
+    pub(crate) log_control: Option<crate::LogControl>,
 }
 
 impl ControlState {

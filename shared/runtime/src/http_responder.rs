@@ -18,6 +18,21 @@ pub(crate) struct Request {
     pub(crate) method: String,
     /// Path without the query string.
     pub(crate) path: String,
+    /// The raw query string, if any.
+    pub(crate) query: Option<String>,
+}
+
+impl Request {
+    /// The first value of query parameter `name` (no percent-decoding: the
+    /// admin parameters are plain words).
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +148,10 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, Request
             Ok(httparse::Status::Complete(head_len)) => {
                 let method = req.method.unwrap_or("GET").to_string();
                 let target = req.path.unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_string();
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                    None => (target.to_string(), None),
+                };
                 let content_length = req
                     .headers
                     .iter()
@@ -152,7 +170,11 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, Request
                     }
                     remaining = remaining.saturating_sub(n);
                 }
-                return Ok(Some(Request { method, path }));
+                return Ok(Some(Request {
+                    method,
+                    path,
+                    query,
+                }));
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(RequestError::TooLarge)

@@ -18,7 +18,7 @@
 //!   (`snapshot.ports`). Workers re-read the snapshot every 100 ms and bind or
 //!   close ports to match. A connection stays on its worker until it closes.
 //! - Control thread: admin (`/config_dump`, `/status`, `/quitquitquit`,
-//!   `/healthz/ready`), metrics (`/metrics`), ready (`/healthz/ready`) servers,
+//!   `/healthz/ready`, `/logging`), metrics (`/metrics`), ready (`/healthz/ready`) servers,
 //!   SIGTERM/SIGINT, and the config watcher.
 //! - Shutdown: listeners close, every worker's [`Drain`] is raised, and workers
 //!   exit when their connections reach zero or at the drain deadline.
@@ -71,6 +71,10 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn render(&self, out: &mut String);
 }
 
+/// Reads (`None`) or replaces (`Some(filter)`) the process's log filter,
+/// returning the filter now in effect; backs the admin `/logging` endpoint.
+pub type LogControl = Box<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 /// Default drain deadline: Istio's `terminationDrainDuration` default (5 s),
 /// well inside Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +115,7 @@ pub struct Runtime {
     sources: Vec<Arc<dyn MetricsSource>>,
     watch: Option<watch::ConfigWatch>,
     shutdown: Arc<shutdown::ShutdownState>,
+    log_control: Option<LogControl>,
 }
 
 impl Runtime {
@@ -122,6 +127,7 @@ impl Runtime {
             sources: Vec::new(),
             watch: None,
             shutdown,
+            log_control: None,
         }
     }
 
@@ -135,6 +141,12 @@ impl Runtime {
     /// logged and counted; the last good snapshot keeps serving.
     pub fn watch_config(&mut self, path: PathBuf, reload: ReloadFn) {
         self.watch = Some(watch::ConfigWatch { path, reload });
+    }
+
+    /// Enables the admin `/logging` endpoint: `GET /logging` shows the log
+    /// filter, `POST /logging?level=debug` (any `RUST_LOG` syntax) replaces it.
+    pub fn set_log_control(&mut self, control: LogControl) {
+        self.log_control = Some(control);
     }
 
     /// Starts a graceful shutdown, like SIGTERM or `/quitquitquit`.
@@ -169,6 +181,7 @@ impl Runtime {
             shutdown: self.shutdown.clone(),
             sources: self.sources,
             reloads: Default::default(),
+            log_control: self.log_control,
         });
         control::spawn(state, listeners, self.watch).context("cannot start the control thread")?;
 
