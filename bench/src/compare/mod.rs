@@ -348,16 +348,21 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     let json_path = args.out_dir.join("gateway-http.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
-    let subtitle = format!(
-        "{} x {:?} runs, {} connections, medians; {} on {} ({} CPUs), {}",
-        args.rounds,
-        args.duration,
-        args.connections,
-        started_at.get(..16).unwrap_or(&started_at),
-        report.machine.cpu_model,
-        report.machine.cpus,
-        placement
-    );
+    let subtitle = vec![
+        format!(
+            "{} rounds x {:?} per contender, {} connections, medians; {} UTC on {} ({} CPUs)",
+            args.rounds,
+            args.duration,
+            args.connections,
+            started_at
+                .get(..16)
+                .unwrap_or(&started_at)
+                .replace('T', " "),
+            report.machine.cpu_model,
+            report.machine.cpus,
+        ),
+        placement.clone(),
+    ];
     let svg_path = args.out_dir.join("gateway-http.svg");
     std::fs::write(
         &svg_path,

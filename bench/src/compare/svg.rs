@@ -5,10 +5,10 @@ use super::report::Summary;
 use std::fmt::Write;
 
 const W: f64 = 960.0;
-const H: f64 = 420.0;
+const H: f64 = 450.0;
 const PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 280.0;
-const TOP: f64 = 70.0;
+const TOP: f64 = 100.0;
 const COLORS: [&str; 6] = [
     "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2",
 ];
@@ -56,7 +56,7 @@ fn axis(out: &mut String, x0: f64, max: f64, label: &str, fmt: &dyn Fn(f64) -> S
     }
 }
 
-pub fn render(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
+pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -68,18 +68,21 @@ pub fn render(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
         r##"<text x="20" y="26" font-size="17" font-weight="bold">{}</text>"##,
         esc(title)
     );
-    let _ = writeln!(
-        out,
-        r##"<text x="20" y="46" font-size="12" fill="#555">{}</text>"##,
-        esc(subtitle)
-    );
+    for (i, line) in subtitle.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r##"<text x="20" y="{}" font-size="12" fill="#555">{}</text>"##,
+            46 + 16 * i,
+            esc(line)
+        );
+    }
     let n = summaries.len().max(1) as f64;
 
     // Left: requests/s.
     let x0 = 70.0;
     let rps_max = nice_max(summaries.iter().map(|s| s.rps).fold(0.0, f64::max));
     axis(&mut out, x0, rps_max, "requests/s (median)", &|v| {
-        format!("{:.0}k", v / 1000.0)
+        trim_number(v / 1000.0) + "k"
     });
     let slot = PANEL_W / n;
     for (i, s) in summaries.iter().enumerate() {
@@ -119,7 +122,7 @@ pub fn render(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
         x1,
         lat_max,
         "latency ms (median of runs): p50 / p90 / p99",
-        &|v| format!("{v:.2}"),
+        &|v| trim_number(v),
     );
     for (i, s) in summaries.iter().enumerate() {
         let group_x = x1 + slot * i as f64 + slot * 0.1;
@@ -158,6 +161,12 @@ pub fn render(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
     out
 }
 
+/// `12.50` -> `12.5`, `25.00` -> `25`.
+fn trim_number(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Contender name, plus the tool when several tools are plotted.
 fn label(s: &Summary, all: &[Summary]) -> String {
     if all.iter().any(|o| o.tool != s.tool) {
@@ -191,7 +200,7 @@ mod tests {
     fn one_rps_bar_and_three_latency_bars_per_contender() {
         let svg = render(
             "t <x>",
-            "s",
+            &["s".to_string()],
             &[summary("nginx", 50_000.0), summary("ringmesh", 65_000.0)],
         );
         assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
@@ -211,5 +220,8 @@ mod tests {
         assert_eq!(nice_max(42_000.0), 50_000.0);
         assert_eq!(nice_max(1.2), 2.0);
         assert_eq!(nice_max(0.0), 1.0);
+        assert_eq!(trim_number(12.5), "12.5");
+        assert_eq!(trim_number(25.0), "25");
+        assert_eq!(trim_number(0.0), "0");
     }
 }
