@@ -49,6 +49,10 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = mesh_runtime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Worker I/O driver: auto (io_uring, epoll if unavailable), io-uring, or epoll.
+    #[arg(long, default_value = "auto", value_name = "DRIVER")]
+    pub io_driver: mesh_runtime::IoDriver,
+
     /// A request's header block must arrive within this, else 408.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = mesh_runtime::parse_duration)]
     pub request_header_timeout: Duration,
@@ -64,6 +68,7 @@ impl Args {
             metrics_addr: self.metrics_addr,
             ready_addr: self.ready_addr,
             drain_timeout: self.drain_timeout,
+            io_driver: self.io_driver,
         }
     }
 
@@ -115,5 +120,8 @@ mod tests {
             Duration::from_secs(30)
         );
         assert!(Args::try_parse_from(["gateway", "--config", "x", "--workers", "0"]).is_err());
+        assert_eq!(args.io_driver, mesh_runtime::IoDriver::Auto);
+        let epoll = Args::parse_from(["gateway", "--config", "x", "--io-driver", "epoll"]);
+        assert_eq!(epoll.io_driver, mesh_runtime::IoDriver::Epoll);
     }
 }

@@ -214,6 +214,28 @@ fn a_request_reaches_the_backend_and_an_edit_moves_traffic() {
 }
 
 #[test]
+fn traffic_flows_on_the_epoll_driver_too() {
+    let a = Backend::start("backend-a");
+    let port = free_port();
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = TempConfig::new();
+    cfg.write("all.yaml", &config(port, a.port));
+    let gw = Gateway::with_config(cfg.path())
+        .arg("--io-driver")
+        .arg("epoll")
+        .start();
+    for i in 0..20 {
+        let r = through(listener, &format!("/epoll/{i}"));
+        assert_eq!((r.status, r.body.as_str()), (200, "backend-a"), "{r:?}");
+    }
+    let metrics = support::get(gw.metrics, "/metrics").unwrap().body;
+    assert!(
+        metrics.contains("ringmesh_workers_io_uring 0\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn an_in_flight_request_finishes_across_a_reload() {
     let (a, b) = (Backend::start("backend-a"), Backend::start("backend-b"));
     let port = free_port();

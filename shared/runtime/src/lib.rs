@@ -50,6 +50,7 @@ pub use watch::{publish, ReloadFn};
 /// A connection accepted by a worker, handed to the program's handler on the
 /// same thread; it stays on this worker until it closes.
 pub struct Accepted {
+    /// As accepted: socket options (TCP_NODELAY, buffers) are the handler's choice.
     pub stream: monoio::net::TcpStream,
     /// The client address (IPv4-mapped IPv6 addresses are reported as IPv4).
     pub peer: SocketAddr,
@@ -88,6 +89,34 @@ pub struct RuntimeOptions {
     pub ready_addr: SocketAddr,
     /// How long connections may keep running after shutdown starts.
     pub drain_timeout: Duration,
+    pub io_driver: IoDriver,
+}
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll with a warning when it cannot be set up.
+    #[default]
+    Auto,
+    /// io_uring or fail to start.
+    IoUring,
+    /// epoll (monoio's legacy driver), e.g. where seccomp forbids io_uring.
+    Epoll,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io-uring" | "io_uring" | "uring" => Ok(Self::IoUring),
+            "epoll" | "legacy" => Ok(Self::Epoll),
+            other => Err(format!(
+                "unknown io driver {other:?}: use auto, io-uring or epoll"
+            )),
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -98,6 +127,7 @@ impl Default for RuntimeOptions {
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 15020)),
             ready_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            io_driver: IoDriver::Auto,
         }
     }
 }
@@ -194,6 +224,7 @@ impl Runtime {
                 snapshots: self.snapshots.clone(),
                 state: worker_state,
                 shutdown: self.shutdown.clone(),
+                io_driver: self.options.io_driver,
             };
             let factory = factory.clone();
             let started = started_tx.clone();
@@ -252,7 +283,7 @@ fn worker_main<H, F>(
     F: Fn(usize) -> H,
 {
     let index = params.index;
-    let mut rt = match worker::WorkerRuntime::build(index) {
+    let mut rt = match worker::WorkerRuntime::build(index, params.io_driver) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = started.send(Err(format!("worker {index}: cannot build a runtime: {e}")));

@@ -88,7 +88,6 @@ pub(crate) fn spawn_accept_loop<H: ConnectionHandler>(
         loop {
             match listener.cancelable_accept(cancel.clone()).await {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
                     let conn = Accepted {
                         stream,
                         peer: unmap_ipv4(peer),

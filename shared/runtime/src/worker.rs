@@ -76,20 +76,27 @@ pub(crate) enum WorkerRuntime {
 }
 
 impl WorkerRuntime {
-    pub(crate) fn build(index: usize) -> std::io::Result<Self> {
+    pub(crate) fn build(index: usize, driver: crate::IoDriver) -> std::io::Result<Self> {
+        let epoll = || -> std::io::Result<Self> {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()?;
+            Ok(Self::Legacy(rt))
+        };
+        if driver == crate::IoDriver::Epoll {
+            return epoll();
+        }
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
             .enable_timer()
             .build()
         {
             Ok(rt) => Ok(Self::Uring(rt)),
-            Err(e) => {
+            Err(e) if driver == crate::IoDriver::Auto => {
                 tracing::warn!(worker = index, error = %e, "io_uring unavailable, falling back to epoll");
-                let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()?;
-                Ok(Self::Legacy(rt))
+                epoll()
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -110,6 +117,7 @@ pub(crate) struct WorkerParams {
     pub(crate) snapshots: SnapshotHandle,
     pub(crate) state: Arc<WorkerState>,
     pub(crate) shutdown: Arc<ShutdownState>,
+    pub(crate) io_driver: crate::IoDriver,
 }
 
 /// The worker's control loop: reconcile listeners with the snapshot, then on
@@ -125,6 +133,7 @@ pub(crate) async fn run<H: ConnectionHandler>(
         snapshots,
         state,
         shutdown,
+        io_driver: _,
     } = params;
     let ctx = Rc::new(WorkerContext {
         index,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_registry::{ListenerProtocol, ListenerSet, PortConfig, Snapshot, SnapshotHandle};
-use mesh_runtime::{Accepted, ConnectionHandler, MetricsSource, Runtime, RuntimeOptions};
+use mesh_runtime::{Accepted, ConnectionHandler, IoDriver, MetricsSource, Runtime, RuntimeOptions};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
@@ -126,7 +126,7 @@ struct Running {
     ready: SocketAddr,
 }
 
-fn start(ports: &[u16], workers: usize, drain_timeout: Duration) -> Running {
+fn start(ports: &[u16], workers: usize, drain_timeout: Duration, io_driver: IoDriver) -> Running {
     let handle = mesh_registry::new_handle(Snapshot::default());
     mesh_runtime::publish(&handle, snapshot_with(ports));
     let options = RuntimeOptions {
@@ -135,6 +135,7 @@ fn start(ports: &[u16], workers: usize, drain_timeout: Duration) -> Running {
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         drain_timeout,
+        io_driver,
     };
     let mut runtime = Runtime::new(options.clone(), handle.clone());
     runtime.add_metrics(Arc::new(Fixed));
@@ -173,9 +174,18 @@ impl Drop for Running {
 }
 
 #[test]
-fn listeners_follow_the_snapshot() {
+fn listeners_follow_the_snapshot_on_io_uring() {
+    listeners_follow_the_snapshot(IoDriver::IoUring);
+}
+
+#[test]
+fn listeners_follow_the_snapshot_on_epoll() {
+    listeners_follow_the_snapshot(IoDriver::Epoll);
+}
+
+fn listeners_follow_the_snapshot(driver: IoDriver) {
     let (a, b) = (free_port(), free_port());
-    let rt = start(&[a], 2, Duration::from_secs(5));
+    let rt = start(&[a], 2, Duration::from_secs(5), driver);
 
     let mut on_a = TcpStream::connect(("127.0.0.1", a)).unwrap();
     on_a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -206,6 +216,11 @@ fn listeners_follow_the_snapshot() {
     assert_eq!(status, 200);
     assert!(body.contains("test_source_total 7\n"), "{body}");
     assert!(body.contains("ringmesh_workers 2\n"), "{body}");
+    let on_uring = if driver == IoDriver::Epoll { 0 } else { 2 };
+    assert!(
+        body.contains(&format!("ringmesh_workers_io_uring {on_uring}\n")),
+        "{body}"
+    );
     assert!(body.contains("ringmesh_snapshot_version 2\n"), "{body}");
     assert!(
         body.contains("ringmesh_downstream_connections_active 1\n"),
@@ -219,9 +234,18 @@ fn listeners_follow_the_snapshot() {
 }
 
 #[test]
-fn shutdown_closes_idle_connections_and_exits() {
+fn shutdown_closes_idle_connections_and_exits_on_io_uring() {
+    shutdown_closes_idle_connections_and_exits(IoDriver::IoUring);
+}
+
+#[test]
+fn shutdown_closes_idle_connections_and_exits_on_epoll() {
+    shutdown_closes_idle_connections_and_exits(IoDriver::Epoll);
+}
+
+fn shutdown_closes_idle_connections_and_exits(driver: IoDriver) {
     let port = free_port();
-    let rt = start(&[port], 2, Duration::from_secs(30));
+    let rt = start(&[port], 2, Duration::from_secs(30), driver);
     let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     echo_roundtrip(&mut idle, b"ping").unwrap();
@@ -255,6 +279,7 @@ fn readiness_waits_for_every_port_to_bind() {
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         drain_timeout: Duration::from_secs(1),
+        io_driver: IoDriver::Auto,
     };
     let ready = options.ready_addr;
     let runtime = Runtime::new(options, handle);
@@ -286,6 +311,7 @@ fn taken_admin_address_is_a_start_error() {
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         drain_timeout: Duration::from_secs(1),
+        io_driver: IoDriver::Auto,
     };
     let runtime = Runtime::new(options, mesh_registry::new_handle(Snapshot::default()));
     let err = runtime.run(|_| Echo).unwrap_err();
