@@ -84,3 +84,58 @@ fn gateway_api_conformance_vectors_pass() {
         "bench conformance below the 90% pass rate: {summary}"
     );
 }
+
+/// The runner must be able to fail: a copy of the vectors with one expectation made
+/// wrong reports that case with its reason, and the pass-rate gate exits non-zero.
+#[test]
+fn runner_reports_a_wrong_expectation() {
+    let dir = vectors_dir();
+    if !dir.join("_environment.yaml").exists() {
+        println!(
+            "skipping: conformance vectors not found at {}",
+            dir.display()
+        );
+        return;
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let gateway = gateway_binary(&bench);
+    let copy =
+        std::env::temp_dir().join(format!("ringmesh-mutated-vectors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        dir.join("_environment.yaml"),
+        copy.join("_environment.yaml"),
+    )
+    .unwrap();
+    let original = std::fs::read_to_string(dir.join("httproute-matching.yaml")).unwrap();
+    // Case 0 (path /) really goes to infra-backend-v1; claim v2 instead.
+    let mutated = original.replacen(
+        "    backend: infra-backend-v1\n",
+        "    backend: infra-backend-v2\n",
+        1,
+    );
+    assert_ne!(mutated, original, "vector file changed shape");
+    std::fs::write(copy.join("httproute-matching.yaml"), mutated).unwrap();
+    let output = Command::new(&bench)
+        .arg("conformance")
+        .arg(&copy)
+        .arg("--gateway-bin")
+        .arg(&gateway)
+        .args(["--min-pass-rate", "1.0", "--case-timeout", "1s"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run bench conformance");
+    let _ = std::fs::remove_dir_all(&copy);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(!output.status.success(), "a failed case must fail the run");
+    assert!(stdout.contains("FAIL HTTPRouteMatching 8/9"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "case 0 [GET /]: expected backend infra-backend-v2, got pod infra-backend-v1-"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("8 passed, 1 failed"), "{stdout}");
+}

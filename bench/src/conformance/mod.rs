@@ -92,7 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "gateway binary {} not found (build it: cargo build -p ringmesh-gateway, or pass --gateway-bin)",
         gateway_bin.display()
     );
-    let workdir = std::env::temp_dir().join(format!("ringmesh-conformance-{}", std::process::id()));
+    remove_stale_workdirs();
+    let workdir = std::env::temp_dir().join(format!("{WORKDIR_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
 
     let echoes = start_echoes(&self_exe, &env)?;
@@ -154,6 +155,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+const WORKDIR_PREFIX: &str = "ringmesh-conformance-";
+
+/// Work folders of runs that were killed (their pid is gone) are removed here, since a
+/// killed run cannot clean up after itself.
+fn remove_stale_workdirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(WORKDIR_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// One echo process per replica of every HTTP service, shared by all tests.
