@@ -55,3 +55,84 @@ pub fn pick_endpoint(
     };
     Some(cluster.endpoints[i % n])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_registry::{BackendTarget, ObjectRef, Timeouts};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use std::sync::Arc;
+
+    fn cluster(name: &str, n: u16) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.into(),
+            service: ObjectRef {
+                namespace: "ns".into(),
+                name: name.into(),
+            },
+            port: 80,
+            endpoints: (0..n)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
+                .collect(),
+        })
+    }
+
+    fn rule(weights: &[u32]) -> RouteRule {
+        RouteRule {
+            route: ObjectRef {
+                namespace: "ns".into(),
+                name: "r".into(),
+            },
+            rule_index: 0,
+            filters: vec![],
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WeightedBackend {
+                    weight: *w,
+                    target: BackendTarget::Cluster(cluster(&format!("c{i}"), 1)),
+                    filters: vec![],
+                })
+                .collect(),
+            total_weight: weights.iter().sum(),
+            timeouts: Timeouts::default(),
+            retry: None,
+        }
+    }
+
+    fn name(b: &WeightedBackend) -> &str {
+        match &b.target {
+            BackendTarget::Cluster(c) => &c.name,
+            BackendTarget::Invalid { .. } => "invalid",
+        }
+    }
+
+    #[test]
+    fn weights_are_respected_and_zero_is_never_picked() {
+        let r = rule(&[70, 0, 30]);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut counts = HashMap::new();
+        for _ in 0..10_000 {
+            *counts
+                .entry(name(pick_backend(&r, &mut rng).unwrap()).to_string())
+                .or_insert(0) += 1;
+        }
+        assert!(!counts.contains_key("c1"));
+        let c0 = counts["c0"];
+        assert!((6500..7500).contains(&c0), "{counts:?}");
+        assert!(pick_backend(&rule(&[0, 0]), &mut rng).is_none());
+        assert!(pick_backend(&rule(&[]), &mut rng).is_none());
+    }
+
+    #[test]
+    fn round_robin_per_cluster() {
+        let c = cluster("rr", 3);
+        let positions = RefCell::new(HashMap::new());
+        let picks: Vec<u16> = (0..6)
+            .map(|_| pick_endpoint(&c, &positions).unwrap().port())
+            .collect();
+        assert_eq!(picks, vec![1000, 1001, 1002, 1000, 1001, 1002]);
+        assert!(pick_endpoint(&cluster("none", 0), &positions).is_none());
+    }
+}
