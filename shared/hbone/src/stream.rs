@@ -1,0 +1,59 @@
+//! One HBONE tunnel's HTTP/2 stream: the request/response halves as one value.
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use crate::pipe::{self, PipeOutcome};
+
+/// The two halves of an accepted CONNECT stream: bytes we send into the
+/// tunnel and bytes the peer sends us.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+}
+
+impl H2Stream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv }
+    }
+
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream) {
+        (self.send, self.recv)
+    }
+
+    /// Sends `data`, waiting for flow-control capacity as needed (no copy:
+    /// the `Bytes` is split into frames).
+    pub async fn send(&mut self, data: Bytes) -> Result<(), h2::Error> {
+        pipe::send_all(&mut self.send, data).await
+    }
+
+    /// Ends our direction (END_STREAM): the peer reads EOF.
+    pub fn finish(&mut self) -> Result<(), h2::Error> {
+        self.send.send_data(Bytes::new(), true)
+    }
+
+    /// Next chunk from the peer; `None` once the peer finished its direction.
+    /// The chunk's flow-control capacity is released on return: the caller
+    /// owns the bytes from here on.
+    pub async fn recv(&mut self) -> Option<Result<Bytes, h2::Error>> {
+        let chunk = self.recv.data().await?;
+        if let Ok(data) = &chunk {
+            if let Err(err) = self.recv.flow_control().release_capacity(data.len()) {
+                return Some(Err(err));
+            }
+        }
+        Some(chunk)
+    }
+
+    /// Aborts the stream (RST_STREAM with `reason`).
+    pub fn reset(&mut self, reason: h2::Reason) {
+        self.send.send_reset(reason);
+    }
+
+    /// Pipes bytes both ways between this stream and a byte stream split
+    /// into `read` and `write` halves, until both directions finished.
+    pub async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(self, read: R, write: W) -> PipeOutcome {
+        pipe::pipe(self, read, write).await
+    }
+}
