@@ -78,7 +78,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let env = vectors::load_environment(&args.dir)?;
-    let tests = vectors::load_tests(&args.dir)?;
+    let loaded = vectors::load_tests(&args.dir)?;
+    let mut tests: Vec<(String, TestFile)> = Vec::new();
+    let mut totals = Totals::default();
+    for (file, test) in loaded {
+        match test {
+            Ok(test) => tests.push((file, test)),
+            Err(e) => {
+                // Counted as one failed case: a broken vector file must not go unnoticed.
+                totals.failed += 1;
+                println!("ERROR {file}: {e}");
+            }
+        }
+    }
     let self_exe = std::env::current_exe().context("locating the bench executable")?;
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
@@ -97,7 +109,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&workdir)?;
 
     let echoes = start_echoes(&self_exe, &env)?;
-    let mut totals = Totals::default();
     let selected = |file: &str, test: &TestFile| -> bool {
         if args.only.is_empty() {
             return true;

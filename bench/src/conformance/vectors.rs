@@ -273,8 +273,11 @@ pub fn load_environment(dir: &Path) -> anyhow::Result<Environment> {
     serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Every `*.yaml` test file in `dir` (not starting with '_'), sorted by file name.
-pub fn load_tests(dir: &Path) -> anyhow::Result<Vec<(String, TestFile)>> {
+/// Every `*.yaml` test file in `dir` (not starting with '_'), sorted by file name. A file
+/// that cannot be read or parsed comes back as its error, so the run reports it and goes on.
+pub type LoadedTest = (String, Result<TestFile, String>);
+
+pub fn load_tests(dir: &Path) -> anyhow::Result<Vec<LoadedTest>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|entry| entry.ok())
@@ -285,10 +288,12 @@ pub fn load_tests(dir: &Path) -> anyhow::Result<Vec<(String, TestFile)>> {
     let mut tests = Vec::new();
     for name in names {
         let path = dir.join(&name);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let test: TestFile = serde_yaml_ng::from_str(&text)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let test = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))
+            .and_then(|text| {
+                serde_yaml_ng::from_str::<TestFile>(&text)
+                    .map_err(|e| format!("parsing {}: {e}", path.display()))
+            });
         tests.push((name, test));
     }
     Ok(tests)
