@@ -53,6 +53,9 @@ pub struct Args {
     /// Run on the host network (port 80 and the listener ports must be free).
     #[arg(long)]
     pub no_netns: bool,
+    /// `--workers` passed to the gateway.
+    #[arg(long, default_value_t = 1)]
+    pub gateway_workers: usize,
     /// Keep the work folder (configs and gateway logs) after the run.
     #[arg(long)]
     pub keep: bool,
@@ -301,8 +304,14 @@ fn run_test(
         }
         for (index, (gateway, cases)) in groups.iter().enumerate() {
             let log_path = workdir.join(format!("{}-gateway-{index}.log", test.test));
-            match GatewayProcess::start(gateway_bin, &config_dir, gateway, log_path, ready_timeout)
-            {
+            match GatewayProcess::start(
+                gateway_bin,
+                &config_dir,
+                gateway,
+                log_path,
+                ready_timeout,
+                args.gateway_workers,
+            ) {
                 Err(e) => {
                     for case in cases {
                         results.push((case.id.clone(), Err(format!("{e:#}"))));

@@ -158,6 +158,7 @@ impl GatewayProcess {
         gateway: &str,
         log_path: PathBuf,
         ready_timeout: Duration,
+        workers: usize,
     ) -> anyhow::Result<GatewayProcess> {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -171,7 +172,12 @@ impl GatewayProcess {
             .args(["--admin-addr", &admin.to_string()])
             .args(["--metrics-addr", &metrics.to_string()])
             .args(["--ready-addr", &ready.to_string()])
-            .args(["--workers", "1", "--gateway", gateway])
+            .args([
+                "--workers",
+                &workers.max(1).to_string(),
+                "--gateway",
+                gateway,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
