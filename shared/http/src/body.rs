@@ -22,6 +22,8 @@ pub enum BodyError {
     Malformed(&'static str),
     /// More than the configured limit.
     TooLarge,
+    /// No bytes arrived within the body idle timeout.
+    Timeout,
 }
 
 impl From<io::Error> for BodyError {
@@ -46,9 +48,17 @@ pub struct BodyReader {
     done: bool,
     limit: Option<u64>,
     seen: u64,
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl BodyReader {
+    /// Each read waiting for the peer gives up after `idle` (a stalled peer
+    /// must not hold a connection forever).
+    pub fn with_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
     pub fn new(kind: BodyKind, limit: Option<u64>) -> Self {
         Self {
             kind,
@@ -61,6 +71,7 @@ impl BodyReader {
             done: kind == BodyKind::None,
             limit,
             seen: 0,
+            idle_timeout: None,
         }
     }
 
@@ -123,7 +134,12 @@ impl BodyReader {
 
     /// Reads more from `io` after `poll_buffered` said `NeedRead`.
     pub async fn read_more(&mut self, io: &mut Io) -> Result<(), BodyError> {
-        let n = io.fill().await?;
+        let n = match self.idle_timeout {
+            Some(d) => monoio::time::timeout(d, io.fill())
+                .await
+                .map_err(|_| BodyError::Timeout)??,
+            None => io.fill().await?,
+        };
         if n == 0 {
             if self.kind == BodyKind::Eof {
                 self.eof = true;

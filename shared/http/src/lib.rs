@@ -55,6 +55,9 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Upper bound for a mirrored request, whose response is discarded.
     pub mirror_timeout: Duration,
+    /// A body (request or response) that makes no progress for this long is
+    /// abandoned: 408 for a request body, the connection is closed otherwise.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -69,6 +72,7 @@ impl Default for HttpOptions {
             max_idle_per_endpoint: 64,
             connect_timeout: Duration::from_secs(5),
             mirror_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -169,6 +169,7 @@ async fn body_failure(
     match e {
         BodyError::TooLarge => send_error(h, c, 413, "request body too large").await,
         BodyError::Malformed(why) => send_error(h, c, 400, why).await,
+        BodyError::Timeout => send_error(h, c, 408, "request body timeout").await,
         BodyError::Io(_) | BodyError::UnexpectedEof => {}
     }
     Outcome::Close
@@ -240,7 +241,8 @@ fn apply_filters<'a>(
 
 pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead) -> Outcome {
     let start = Instant::now();
-    let reader = BodyReader::new(req.body, h.options.max_request_body_bytes);
+    let reader = BodyReader::new(req.body, h.options.max_request_body_bytes)
+        .with_idle_timeout(Some(h.options.body_idle_timeout));
     if let (BodyKind::Length(n), Some(limit)) = (req.body, h.options.max_request_body_bytes) {
         if n > limit {
             send_error(h, c, 413, "request body too large").await;
@@ -830,7 +832,8 @@ async fn respond(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let mut body = BodyReader::new(resp.body, None);
+    let mut body =
+        BodyReader::new(resp.body, None).with_idle_timeout(Some(h.options.body_idle_timeout));
     let copied = copy_body(&mut body, &mut up, &mut c.io.stream, framing, &mut c.wbuf).await;
     h.metrics
         .record_request(status, Some(cluster), start.elapsed());

@@ -324,6 +324,7 @@ fn hostile_input_gets_a_status_and_a_close() {
         },
         mesh_http::HttpOptions {
             max_request_body_bytes: Some(1000),
+            body_idle_timeout: Duration::from_millis(500),
             ..quick_options()
         },
     );
@@ -366,6 +367,12 @@ fn hostile_input_gets_a_status_and_a_close() {
     hostile(&gw, &chunked, 413);
     // Incomplete head: 408 after request_header_timeout.
     hostile(&gw, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", 408);
+    // A body that stalls: 408 after body_idle_timeout.
+    hostile(
+        &gw,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+        408,
+    );
 }
 
 #[test]
