@@ -173,6 +173,16 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     })
 }
 
+/// The address from the runtime's `serving server="NAME" addr=IP:PORT` log line.
+fn served_addr(logs: &str, server: &str) -> Option<SocketAddr> {
+    let marker = format!("server=\"{server}\" addr=");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("serving") && l.contains(&marker))?;
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -204,25 +214,28 @@ impl GatewayBuilder {
         self
     }
 
-    /// Starts the gateway without waiting for readiness.
+    /// Starts the gateway with its control endpoints on kernel-chosen
+    /// loopback ports (no races with other tests over "free" ports) and waits
+    /// until its log names them.
     pub fn spawn(self) -> Gateway {
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (admin, metrics, ready) = (
-            loopback(free_port()),
-            loopback(free_port()),
-            loopback(free_port()),
-        );
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let log = std::env::temp_dir().join(format!(
             "ringmesh-gw-test-{}-{}.log",
             std::process::id(),
-            admin.port()
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        let any = "127.0.0.1:0";
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .arg("--config")
             .arg(&self.config)
-            .args(["--admin-addr", &admin.to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--ready-addr", &ready.to_string()])
+            .args([
+                "--admin-addr",
+                any,
+                "--metrics-addr",
+                any,
+                "--ready-addr",
+                any,
+            ])
             .args(["--workers", &self.workers.to_string()])
             .args(&self.extra)
             .env(
@@ -234,12 +247,34 @@ impl GatewayBuilder {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn gateway");
-        Gateway {
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut gw = Gateway {
             child: Some(child),
-            admin,
-            metrics,
-            ready,
+            admin: unknown,
+            metrics: unknown,
+            ready: unknown,
             log,
+        };
+        let start = Instant::now();
+        loop {
+            let logs = gw.logs();
+            let found = (
+                served_addr(&logs, "admin"),
+                served_addr(&logs, "metrics"),
+                served_addr(&logs, "ready"),
+            );
+            if let (Some(admin), Some(metrics), Some(ready)) = found {
+                (gw.admin, gw.metrics, gw.ready) = (admin, metrics, ready);
+                return gw;
+            }
+            if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited with {status} during start-up:\n{logs}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "gateway control endpoints not up after 15 s:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

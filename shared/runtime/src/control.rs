@@ -71,10 +71,13 @@ async fn run(state: Arc<ControlState>, listeners: ControlListeners, watch: Optio
         (listeners.ready, crate::admin::ready, "ready"),
     ];
     for (listener, router, name) in servers {
-        let addr = listener.local_addr().ok();
+        // Logged with the real address: tests and operators using port 0 read it here.
+        let addr = listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => {
-                tracing::info!(server = name, addr = ?addr, "serving");
+                tracing::info!(server = name, addr = %addr, "serving");
                 tokio::spawn(http_responder::serve(listener, state.clone(), router));
             }
             Err(e) => tracing::error!(server = name, error = %e, "cannot serve"),

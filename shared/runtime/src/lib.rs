@@ -146,6 +146,15 @@ pub struct Runtime {
     watch: Option<watch::ConfigWatch>,
     shutdown: Arc<shutdown::ShutdownState>,
     log_control: Option<LogControl>,
+    control_listeners: Option<control::ControlListeners>,
+}
+
+/// Where the control endpoints listen (useful when configured with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct ControlAddrs {
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub ready: SocketAddr,
 }
 
 impl Runtime {
@@ -158,6 +167,7 @@ impl Runtime {
             watch: None,
             shutdown,
             log_control: None,
+            control_listeners: None,
         }
     }
 
@@ -184,6 +194,24 @@ impl Runtime {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    /// Binds the admin, metrics and ready addresses now (otherwise `run` does)
+    /// and reports the bound addresses.
+    pub fn bind_control(&mut self) -> anyhow::Result<ControlAddrs> {
+        if self.control_listeners.is_none() {
+            self.control_listeners = Some(control::ControlListeners {
+                admin: bind_control(self.options.admin_addr, "admin")?,
+                metrics: bind_control(self.options.metrics_addr, "metrics")?,
+                ready: bind_control(self.options.ready_addr, "ready")?,
+            });
+        }
+        let l = self.control_listeners.as_ref().expect("bound above");
+        Ok(ControlAddrs {
+            admin: l.admin.local_addr()?,
+            metrics: l.metrics.local_addr()?,
+            ready: l.ready.local_addr()?,
+        })
+    }
+
     /// Binds the control endpoints, starts the control thread and the
     /// workers, and blocks until shutdown finished draining. `factory` runs
     /// once on each worker thread with the worker's index.
@@ -191,17 +219,14 @@ impl Runtime {
     /// Errors: a control address cannot be bound, or a worker cannot start.
     /// Listener ports that cannot be bound are not errors: they are logged,
     /// retried every second, and keep `/healthz/ready` at 503.
-    pub fn run<H, F>(self, factory: F) -> anyhow::Result<()>
+    pub fn run<H, F>(mut self, factory: F) -> anyhow::Result<()>
     where
         H: ConnectionHandler,
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let workers = self.options.workers.max(1);
-        let listeners = control::ControlListeners {
-            admin: bind_control(self.options.admin_addr, "admin")?,
-            metrics: bind_control(self.options.metrics_addr, "metrics")?,
-            ready: bind_control(self.options.ready_addr, "ready")?,
-        };
+        self.bind_control()?;
+        let listeners = self.control_listeners.take().expect("bound above");
         let worker_states: Vec<Arc<worker::WorkerState>> = (0..workers)
             .map(|_| Arc::new(worker::WorkerState::default()))
             .collect();

@@ -67,6 +67,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Control endpoints on loopback, ports chosen by the kernel.
+fn loopback_any_port() -> RuntimeOptions {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    RuntimeOptions {
+        admin_addr: any,
+        metrics_addr: any,
+        ready_addr: any,
+        ..RuntimeOptions::default()
+    }
+}
+
 fn snapshot_with(ports: &[u16]) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for &port in ports {
@@ -131,25 +142,28 @@ fn start(ports: &[u16], workers: usize, drain_timeout: Duration, io_driver: IoDr
     mesh_runtime::publish(&handle, snapshot_with(ports));
     let options = RuntimeOptions {
         workers,
-        admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         drain_timeout,
         io_driver,
+        ..loopback_any_port()
     };
-    let mut runtime = Runtime::new(options.clone(), handle.clone());
+    let mut runtime = Runtime::new(options, handle.clone());
     runtime.add_metrics(Arc::new(Fixed));
+    let addrs = runtime.bind_control().unwrap();
     let shutdown = runtime.shutdown_handle();
     let thread = std::thread::spawn(move || runtime.run(|_| Echo));
     let running = Running {
         handle,
         shutdown,
         thread: Some(thread),
-        admin: options.admin_addr,
-        metrics: options.metrics_addr,
-        ready: options.ready_addr,
+        admin: addrs.admin,
+        metrics: addrs.metrics,
+        ready: addrs.ready,
     };
     wait_until("ready", Duration::from_secs(10), || {
+        assert!(
+            !running.thread.as_ref().unwrap().is_finished(),
+            "run() returned early"
+        );
         matches!(get(running.ready, "/healthz/ready"), Ok((200, _)))
     });
     running
@@ -275,17 +289,15 @@ fn readiness_waits_for_every_port_to_bind() {
     mesh_runtime::publish(&handle, snapshot_with(&[taken]));
     let options = RuntimeOptions {
         workers: 1,
-        admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         drain_timeout: Duration::from_secs(1),
-        io_driver: IoDriver::Auto,
+        ..loopback_any_port()
     };
-    let ready = options.ready_addr;
-    let runtime = Runtime::new(options, handle);
+    let mut runtime = Runtime::new(options, handle);
+    let ready = runtime.bind_control().unwrap().ready;
     let shutdown = runtime.shutdown_handle();
     let thread = std::thread::spawn(move || runtime.run(|_| Echo));
     wait_until("ready server up", Duration::from_secs(5), || {
+        assert!(!thread.is_finished(), "run() returned early");
         get(ready, "/healthz/ready").is_ok()
     });
     // Give the worker several reconcile rounds; it must stay unready.
@@ -308,10 +320,7 @@ fn taken_admin_address_is_a_start_error() {
     let options = RuntimeOptions {
         workers: 1,
         admin_addr: squatter.local_addr().unwrap(),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        ready_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        drain_timeout: Duration::from_secs(1),
-        io_driver: IoDriver::Auto,
+        ..loopback_any_port()
     };
     let runtime = Runtime::new(options, mesh_registry::new_handle(Snapshot::default()));
     let err = runtime.run(|_| Echo).unwrap_err();
