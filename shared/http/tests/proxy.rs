@@ -450,3 +450,20 @@ fn routing_errors_and_upstream_failures() {
     assert_eq!(get(&gw, "/slow?delay=10").status, 200);
     assert_eq!(get(&gw, "/ok").status, 200);
 }
+
+#[test]
+fn head_responses_keep_their_length_and_no_body() {
+    let up = upstream();
+    let gw = simple(&up);
+    let s = gw.connect();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    (&s).write_all(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let resp = read_response(&mut r, true);
+    assert_eq!(resp.status, 200);
+    let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+    assert!(len > 0);
+    // The connection is still in sync: the next response is the right one.
+    (&s).write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let resp = read_response(&mut r, false);
+    assert!(resp.text().starts_with("GET /next "));
+}

@@ -413,7 +413,9 @@ fn serve_upstream(stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
             stream.local_addr()?,
             body.len()
         )?;
-        w.write_all(body)?;
+        if !head.starts_with("HEAD ") {
+            w.write_all(body)?;
+        }
         if close {
             return Ok(());
         }
