@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use monoio::time::{sleep, Instant, Sleep};
+use monoio::time::{sleep, Sleep};
 
 use crate::client::{self, Attempt, ClientError, Connect, Tunnel, TunnelRequest};
 use crate::event::Event;
@@ -373,9 +373,8 @@ async fn run_connection<C: Connect>(inner: Rc<Inner<C>>, key: PoolKey, opening: 
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
-        } else if let Some(timer) = idle_timer.as_mut() {
+        } else {
             // Busy again: the idle clock restarts at the next quiet moment.
-            timer.as_mut().reset(Instant::now() + idle_timeout);
             idle_timer = None;
         }
         Poll::Pending
