@@ -65,22 +65,24 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
         gateway: args.gateway.clone(),
     };
 
-    let initial = build_snapshot(&config, &translate_options)?;
-    let snapshots = mesh_registry::new_handle(Snapshot::default());
-    let version = mesh_runtime::publish(&snapshots, initial);
-    tracing::info!(config = %config.display(), version, "configuration loaded");
-
     let options = args.runtime_options();
     let workers = options.workers;
+    let snapshots = mesh_registry::new_handle(Snapshot::default());
     let metrics = Arc::new(mesh_http::HttpMetrics::new(workers));
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
     runtime.add_metrics(metrics.clone());
     runtime.set_log_control(log_control);
+    // Watch first, then load: an edit made during the initial load is not missed.
     let reload_path = config.clone();
+    let reload_options = translate_options.clone();
     runtime.watch_config(
-        config,
-        Box::new(move || build_snapshot(&reload_path, &translate_options)),
+        config.clone(),
+        Box::new(move || build_snapshot(&reload_path, &reload_options)),
     );
+
+    let initial = build_snapshot(&config, &translate_options)?;
+    let version = mesh_runtime::publish(&snapshots, initial);
+    tracing::info!(config = %config.display(), version, "configuration loaded");
 
     let http_options = args.http_options();
     runtime.run(move |worker| {

@@ -176,11 +176,20 @@ impl Runtime {
         self.sources.push(source);
     }
 
-    /// Polls everything under `path` every 250 ms; on a change calls `reload`
-    /// and publishes its snapshot as the next version. A reload error is
-    /// logged and counted; the last good snapshot keeps serving.
+    /// Polls everything under `path` every 250 ms; on a change (once the
+    /// files stop changing for 100 ms) calls `reload` and publishes its
+    /// snapshot as the next version. A reload error is logged and counted; the
+    /// last good snapshot keeps serving.
+    ///
+    /// Register the watch before loading the initial snapshot: changes are
+    /// detected relative to the files as they are at this call.
     pub fn watch_config(&mut self, path: PathBuf, reload: ReloadFn) {
-        self.watch = Some(watch::ConfigWatch { path, reload });
+        let baseline = watch::Fingerprint::of(&path);
+        self.watch = Some(watch::ConfigWatch {
+            path,
+            reload,
+            baseline,
+        });
     }
 
     /// Enables the admin `/logging` endpoint: `GET /logging` shows the log

@@ -103,30 +103,63 @@ fn collect(path: &Path, depth: usize, out: &mut Vec<FileStamp>) -> std::io::Resu
 pub(crate) struct ConfigWatch {
     pub(crate) path: PathBuf,
     pub(crate) reload: ReloadFn,
+    /// Taken when the watch was registered: a program that registers the
+    /// watch before its initial load cannot miss an edit made in between.
+    pub(crate) baseline: Fingerprint,
 }
 
-/// Polls forever on the control thread.
+/// After a change is seen, wait this long for the files to stop changing
+/// (an editor writing in place, a `cp` of several files) before reloading.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Reload anyway if the files keep changing for this long.
+const MAX_SETTLE: Duration = Duration::from_secs(2);
+
+/// Polls forever on the control thread. Reloads run on tokio's blocking pool
+/// so a large translation never stalls the admin endpoints.
 pub(crate) async fn run(watch: ConfigWatch, snapshots: SnapshotHandle, stats: &ReloadStats) {
-    let mut last = Fingerprint::of(&watch.path);
+    let ConfigWatch {
+        path,
+        reload,
+        baseline,
+    } = watch;
+    let reload = std::sync::Arc::new(std::sync::Mutex::new(reload));
+    let mut last = baseline;
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let now = Fingerprint::of(&watch.path);
+        let mut now = Fingerprint::of(&path);
         if now == last {
             continue;
         }
+        let changing_since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let again = Fingerprint::of(&path);
+            let settled = again == now;
+            now = again;
+            if settled || changing_since.elapsed() >= MAX_SETTLE {
+                break;
+            }
+        }
         last = now;
         stats.total.fetch_add(1, Ordering::Relaxed);
-        match (watch.reload)() {
+        let reload = reload.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let reload = reload.lock().unwrap_or_else(|p| p.into_inner());
+            (*reload)()
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("reload panicked: {e}")));
+        match result {
             Ok(snapshot) => {
                 let version = publish(&snapshots, snapshot);
-                tracing::info!(path = %watch.path.display(), version, "configuration reloaded");
+                tracing::info!(path = %path.display(), version, "configuration reloaded");
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
-                    path = %watch.path.display(),
+                    path = %path.display(),
                     error = format!("{e:#}"),
                     "configuration reload failed; keeping the last good snapshot"
                 );
