@@ -14,7 +14,9 @@ pub use gateway_api::experimental::gatewayclasses::GatewayClassSpec;
 pub use gateway_api::experimental::gateways::GatewaySpec;
 pub use gateway_api::experimental::httproutes::HttpRouteSpec;
 pub use gateway_api::experimental::referencegrants::ReferenceGrantSpec;
-pub use k8s_openapi::api::core::v1::{Secret, ServiceSpec};
+pub use k8s_openapi::api::core::v1::{Pod, Secret, ServiceSpec};
+
+pub use crate::security::*;
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Metadata common to every object, already defaulted.
@@ -68,6 +70,10 @@ pub struct Resources {
     pub endpoint_slices: BTreeMap<Key, Object<EndpointSlice>>,
     pub secrets: BTreeMap<Key, Object<Secret>>,
     pub service_entries: BTreeMap<Key, Object<ServiceEntrySpec>>,
+    /// The whole Pod (metadata with annotations, spec, status).
+    pub pods: BTreeMap<Key, Object<Pod>>,
+    pub authorization_policies: BTreeMap<Key, Object<AuthorizationPolicySpec>>,
+    pub peer_authentications: BTreeMap<Key, Object<PeerAuthenticationSpec>>,
 }
 
 impl Resources {
@@ -82,6 +88,9 @@ impl Resources {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.service_entries.len()
+            + self.pods.len()
+            + self.authorization_policies.len()
+            + self.peer_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 mod errors;
 mod kinds;
 mod load;
+mod security;
 
 pub use errors::ConfigError;
 pub use kinds::*;

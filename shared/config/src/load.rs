@@ -17,6 +17,7 @@ use serde_yaml_ng::Value;
 
 use crate::errors::ConfigError;
 use crate::kinds::{Meta, Object, Resolution, Resources, ServiceEntrySpec};
+use crate::security::{parse_cidr, AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::Loaded;
 
 /// Loads a file or a folder (recursively, `.yaml`/`.yml`, sorted paths, many
@@ -151,6 +152,9 @@ enum KnownKind {
     EndpointSlice,
     Secret,
     ServiceEntry,
+    Pod,
+    AuthorizationPolicy,
+    PeerAuthentication,
 }
 
 impl KnownKind {
@@ -169,6 +173,9 @@ impl KnownKind {
             ("", "Secret") => KnownKind::Secret,
             ("discovery.k8s.io", "EndpointSlice") => KnownKind::EndpointSlice,
             ("networking.istio.io", "ServiceEntry") => KnownKind::ServiceEntry,
+            ("", "Pod") => KnownKind::Pod,
+            ("security.istio.io", "AuthorizationPolicy") => KnownKind::AuthorizationPolicy,
+            ("security.istio.io", "PeerAuthentication") => KnownKind::PeerAuthentication,
             _ => return None,
         };
         let version_ok = match known {
@@ -176,7 +183,12 @@ impl KnownKind {
             | KnownKind::Gateway
             | KnownKind::HttpRoute
             | KnownKind::ReferenceGrant => matches!(version, "v1" | "v1beta1"),
-            KnownKind::Namespace | KnownKind::Service | KnownKind::Secret => version == "v1",
+            KnownKind::Namespace | KnownKind::Service | KnownKind::Secret | KnownKind::Pod => {
+                version == "v1"
+            }
+            KnownKind::AuthorizationPolicy | KnownKind::PeerAuthentication => {
+                matches!(version, "v1" | "v1beta1")
+            }
             KnownKind::EndpointSlice => version == "v1",
             KnownKind::ServiceEntry => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
         };
@@ -194,6 +206,9 @@ impl KnownKind {
             KnownKind::EndpointSlice => "EndpointSlice",
             KnownKind::Secret => "Secret",
             KnownKind::ServiceEntry => "ServiceEntry",
+            KnownKind::Pod => "Pod",
+            KnownKind::AuthorizationPolicy => "AuthorizationPolicy",
+            KnownKind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -420,6 +435,19 @@ impl Loader {
                 KnownKind::ServiceEntry => typed::<ServiceEntrySpec>(spec, "spec")
                     .and_then(|s| validate_service_entry(&s).map(|()| s))
                     .map(|s| insert(&mut self.resources.service_entries, &meta, s)),
+                KnownKind::Pod => {
+                    // The whole object: annotations, spec and status all matter.
+                    let mut whole = map.clone();
+                    whole.insert(Value::from("spec"), spec);
+                    typed::<k8s_openapi::api::core::v1::Pod>(Value::Mapping(whole), "")
+                        .and_then(|p| validate_pod(&p).map(|()| p))
+                        .map(|p| insert(&mut self.resources.pods, &meta, p))
+                }
+                KnownKind::AuthorizationPolicy => typed::<AuthorizationPolicySpec>(spec, "spec")
+                    .and_then(|s| validate_authorization_policy(&s).map(|()| s))
+                    .map(|s| insert(&mut self.resources.authorization_policies, &meta, s)),
+                KnownKind::PeerAuthentication => typed::<PeerAuthenticationSpec>(spec, "spec")
+                    .map(|s| insert(&mut self.resources.peer_authentications, &meta, s)),
             };
         match result {
             Err(e) => self.error(file, Some(object_name), e),
@@ -479,5 +507,85 @@ fn validate_service_entry(spec: &ServiceEntrySpec) -> Result<(), FieldError> {
     Ok(())
 }
 
+fn validate_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError> {
+    let status = pod.status.as_ref();
+    if let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(FieldError::at(
+                "status.podIP",
+                format!("not an IP address: {ip:?}"),
+            ));
+        }
+    }
+    for (i, ip) in status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if ip.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(FieldError::at(
+                format!("status.podIPs[{i}].ip"),
+                format!("not an IP address: {:?}", ip.ip),
+            ));
+        }
+    }
+    let netns = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::security::NETNS_ANNOTATION));
+    if let Some(path) = netns {
+        if !path.starts_with('/') {
+            return Err(FieldError::at(
+                format!("metadata.annotations[{}]", crate::security::NETNS_ANNOTATION),
+                format!("must be an absolute path to a network namespace, got {path:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
+    for (r, rule) in spec.rules.iter().enumerate() {
+        for (f, from) in rule.from.iter().enumerate() {
+            let blocks = [
+                ("ipBlocks", &from.source.ip_blocks),
+                ("notIpBlocks", &from.source.not_ip_blocks),
+            ];
+            for (name, list) in blocks {
+                for (i, block) in list.iter().enumerate() {
+                    if parse_cidr(block).is_none() {
+                        return Err(FieldError::at(
+                            format!("spec.rules[{r}].from[{f}].source.{name}[{i}]"),
+                            format!("not an IP address or CIDR: {block:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (t, to) in rule.to.iter().enumerate() {
+            let ports = [
+                ("ports", &to.operation.ports),
+                ("notPorts", &to.operation.not_ports),
+            ];
+            for (name, list) in ports {
+                for (i, port) in list.iter().enumerate() {
+                    if port.parse::<u16>().map_or(true, |p| p == 0) {
+                        return Err(FieldError::at(
+                            format!("spec.rules[{r}].to[{t}].operation.{name}[{i}]"),
+                            format!("not a port number (1-65535): {port:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod security_tests;
