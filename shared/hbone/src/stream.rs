@@ -33,17 +33,27 @@ impl H2Stream {
         self.send.send_data(Bytes::new(), true)
     }
 
-    /// Next chunk from the peer; `None` once the peer finished its direction.
+    /// Next non-empty chunk from the peer; `None` once the peer finished its direction.
     /// The chunk's flow-control capacity is released on return: the caller
     /// owns the bytes from here on.
     pub async fn recv(&mut self) -> Option<Result<Bytes, h2::Error>> {
-        let chunk = self.recv.data().await?;
-        if let Ok(data) = &chunk {
-            if let Err(err) = self.recv.flow_control().release_capacity(data.len()) {
-                return Some(Err(err));
+        loop {
+            let data = match self.recv.data().await? {
+                Ok(data) => data,
+                Err(err) => return Some(Err(err)),
+            };
+            // An empty DATA frame (e.g. one that only carries END_STREAM) is
+            // not a chunk.
+            if data.is_empty() {
+                continue;
             }
+            return Some(
+                self.recv
+                    .flow_control()
+                    .release_capacity(data.len())
+                    .map(|()| data),
+            );
         }
-        Some(chunk)
     }
 
     /// Aborts the stream (RST_STREAM with `reason`).
