@@ -31,19 +31,24 @@ impl Io {
     /// If this future is dropped mid-read the buffered bytes are lost; callers
     /// only do that when they are about to close the connection.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
-            self.rbuf.reserve(READ_SIZE);
-        }
-        let buf = std::mem::take(&mut self.rbuf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = self.stream.read(SliceMut::new(buf, len, cap)).await;
-        self.rbuf = slice.into_inner();
-        res
+        fill_from(&mut self.stream, &mut self.rbuf).await
     }
 
     pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> io::Result<T> {
         write_all(&mut self.stream, buf).await
     }
+}
+
+/// Reads once from `r`, appending to `rbuf` (see [`Io::fill`]).
+pub async fn fill_from<R: AsyncReadRent>(r: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() < MIN_SPARE {
+        rbuf.reserve(READ_SIZE);
+    }
+    let buf = std::mem::take(rbuf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (res, slice) = r.read(SliceMut::new(buf, len, cap)).await;
+    *rbuf = slice.into_inner();
+    res
 }
 
 /// Writes a whole owned buffer and gives it back for reuse.

@@ -457,13 +457,47 @@ fn head_responses_keep_their_length_and_no_body() {
     let gw = simple(&up);
     let s = gw.connect();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    (&s).write_all(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    (&s).write_all(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let resp = read_response(&mut r, true);
     assert_eq!(resp.status, 200);
     let len: usize = resp.header("content-length").unwrap().parse().unwrap();
     assert!(len > 0);
     // The connection is still in sync: the next response is the right one.
-    (&s).write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    (&s).write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let resp = read_response(&mut r, false);
     assert!(resp.text().starts_with("GET /next "));
+}
+
+#[test]
+fn early_upstream_response_to_a_streamed_upload_is_forwarded() {
+    let up = upstream();
+    let gw = simple(&up);
+    let s = gw.connect();
+    const TOTAL: usize = 32 * 1024 * 1024;
+    (&s).write_all(
+        format!("POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: {TOTAL}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let writer = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'u'; 64 * 1024];
+            let mut sent = 0;
+            // The gateway stops reading once the answer came: errors are expected.
+            while sent < TOTAL && (&s).write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+        })
+    };
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.text(), "nope");
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    drop(r);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    assert_healthy(&gw);
 }

@@ -195,6 +195,7 @@ pub struct Upstream {
 /// - /chunked: chunked response "hello" " world"
 /// - /eof: response without length, closed after the body
 /// - /big/N: N bytes of response body (Content-Length)
+/// - POST /early: 413 before reading the body, then closes
 /// - Upgrade requests: 101, then echo raw bytes
 pub fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,6 +329,14 @@ fn serve_upstream(stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
             return Ok(());
         };
         seen.heads.lock().unwrap().push(head.clone());
+        if head.starts_with("POST /early") {
+            // Answer before reading the body, then stop reading.
+            w.write_all(
+                b"HTTP/1.1 413 Too Big\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            return Ok(());
+        }
         let (len, sum) = read_body(&mut reader, &head, seen)?;
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
         let close =
