@@ -24,7 +24,10 @@ pub enum CertError {
     #[error("certificate identity: {0}")]
     Identity(#[from] IdentityError),
     #[error("certificate is for {found}, expected {expected}")]
-    WrongIdentity { expected: Identity, found: Identity },
+    WrongIdentity {
+        expected: Box<Identity>,
+        found: Box<Identity>,
+    },
     #[error("private key is not usable for TLS: {0}")]
     BadKey(String),
 }
@@ -209,8 +212,8 @@ impl WorkloadCert {
         if let Some(expected) = expected {
             if *expected != identity {
                 return Err(CertError::WrongIdentity {
-                    expected: expected.clone(),
-                    found: identity,
+                    expected: Box::new(expected.clone()),
+                    found: Box::new(identity),
                 });
             }
         }

@@ -1,11 +1,11 @@
 //! SPIFFE identities, the workload CA, rustls configs for HBONE and the TLS stream on monoio.
 //!
-//! - [`Identity`]: `spiffe://<td>/ns/<ns>/sa/<sa>`.
-//! - [`CertificateAuthority`]: signs workload CSRs (ECDSA P-256, URI SAN only, 24 h).
-//! - [`generate_key_and_csr`], [`WorkloadCert`]: the workload side, renewal at half-life.
-//! - [`HboneTls`]: rustls configs (TLS 1.3, ALPN h2, no SNI, mTLS with SPIFFE identities) and
+//! - [`Identity`] — `spiffe://TD/ns/NS/sa/SA`.
+//! - [`CertificateAuthority`] — signs workload CSRs (ECDSA P-256, URI SAN only, 24 h).
+//! - [`generate_key_and_csr`], [`WorkloadCert`] — the workload side, renewal at half-life.
+//! - [`HboneTls`] — rustls configs (TLS 1.3, ALPN h2, no SNI, mTLS with SPIFFE identities) and
 //!   the rotating [`CertStore`].
-//! - [`connect`], [`accept`], [`TlsStream`]: the TLS stream on monoio with tokio's I/O traits.
+//! - [`connect`], [`accept`], [`TlsStream`] — the TLS stream on monoio with tokio's I/O traits.
 
 pub mod ca;
 pub mod certs;

@@ -209,11 +209,19 @@ impl TlsStream {
     }
 
     /// Feeds buffered ciphertext (or the EOF) to rustls and processes it.
-    /// `Ready(Ok(true))`: rustls made progress; `Ready(Ok(false))`: nothing buffered.
+    /// `Ok(true)`: rustls made progress; `Ok(false)`: nothing buffered.
+    ///
+    /// Records rustls wants to send as a result (handshake replies, key update answers) are
+    /// not written here: the read side may run in another task than the write side (e.g.
+    /// after `tokio::io::split`), and registering the reader's waker for write readiness
+    /// would replace the writer's and strand it. The handshake loop and the next
+    /// `poll_write`/`poll_flush` send them.
     fn feed_rustls(&mut self, cx: &mut Context<'_>) -> Result<bool, rustls::Error> {
         if self.read_pos < self.read_len {
             let mut pending = &self.read_buf[self.read_pos..self.read_len];
             match self.conn.read_tls(&mut pending) {
+                // rustls took nothing from a non-empty buffer: it would never make progress.
+                Ok(0) => return Err(rustls::Error::General("TLS input not accepted".into())),
                 Ok(n) => self.read_pos += n,
                 // Only "buffer full" conditions; callers drain plaintext before feeding.
                 Err(e) => return Err(rustls::Error::General(e.to_string())),
@@ -224,12 +232,14 @@ impl TlsStream {
         } else {
             return Ok(false);
         }
-        let result = self.conn.process_new_packets().map(|_| ());
-        if self.conn.wants_write() {
-            // Handshake replies, or the alert describing an error.
-            self.flush_tls_best_effort(cx);
+        match self.conn.process_new_packets() {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                // Send the alert describing the error, if the socket takes it now.
+                self.flush_tls_best_effort(cx);
+                Err(e)
+            }
         }
-        result.map(|()| true)
     }
 
     /// Reads ciphertext from the socket into our buffer.

@@ -23,7 +23,9 @@ fn signs_a_csr_with_the_identity_as_only_san_for_24h_leaf_first() {
     let ca = CertificateAuthority::generate(TRUST_DOMAIN).unwrap();
     let id = identity("default", "productpage");
     let request = generate_key_and_csr(&id).unwrap();
-    assert!(request.csr_pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    assert!(request
+        .csr_pem
+        .starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
     let before = SystemTime::now();
     let issued = ca.sign_csr(&request.csr_pem, &id, None).unwrap();
 
@@ -37,7 +39,10 @@ fn signs_a_csr_with_the_identity_as_only_san_for_24h_leaf_first() {
 
     // URI SAN only, equal to the identity; empty subject; not a CA; ECDSA P-256.
     let (_, leaf) = X509Certificate::from_der(&issued.chain[0]).unwrap();
-    let san = leaf.subject_alternative_name().unwrap().expect("SAN extension");
+    let san = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .expect("SAN extension");
     let names: Vec<String> = san
         .value
         .general_names
@@ -59,7 +64,11 @@ fn signs_a_csr_with_the_identity_as_only_san_for_24h_leaf_first() {
 
     // 24 h from now.
     let info = cert_info(&issued.chain[0]).unwrap();
-    assert!(approx(info.not_after, before + DEFAULT_CERT_LIFETIME, Duration::from_secs(5)));
+    assert!(approx(
+        info.not_after,
+        before + DEFAULT_CERT_LIFETIME,
+        Duration::from_secs(5)
+    ));
     assert_eq!(info.not_after, issued.not_after);
     assert!(info.not_before <= before);
 
@@ -67,7 +76,10 @@ fn signs_a_csr_with_the_identity_as_only_san_for_24h_leaf_first() {
     let anchors = [webpki::anchor_from_trusted_cert(ca.root_der()).unwrap()];
     let leaf = webpki::EndEntityCert::try_from(&issued.chain[0]).unwrap();
     let algs = ring_provider().signature_verification_algorithms.all;
-    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
         leaf.verify_for_usage(algs, &anchors, &[], UnixTime::now(), usage, None, None)
             .expect("leaf chains to the root");
     }
@@ -75,7 +87,9 @@ fn signs_a_csr_with_the_identity_as_only_san_for_24h_leaf_first() {
     // The issued certificate matches the workload's key.
     let cert = WorkloadCert::new(request.key, issued.chain, Some(&id)).unwrap();
     let certified = cert.certified_key(&ring_provider()).unwrap();
-    certified.keys_match().expect("certificate is for the CSR's key");
+    certified
+        .keys_match()
+        .expect("certificate is for the CSR's key");
 }
 
 #[test]
@@ -99,10 +113,22 @@ fn requested_lifetime_is_honoured_and_capped() {
     let id = identity("ns1", "sa1");
     let csr = generate_key_and_csr(&id).unwrap().csr_pem;
     let now = SystemTime::now();
-    let one_hour = ca.sign_csr(&csr, &id, Some(Duration::from_secs(3600))).unwrap();
-    assert!(approx(one_hour.not_after, now + Duration::from_secs(3600), Duration::from_secs(5)));
-    let capped = ca.sign_csr(&csr, &id, Some(Duration::from_secs(48 * 3600))).unwrap();
-    assert!(approx(capped.not_after, now + DEFAULT_CERT_LIFETIME, Duration::from_secs(5)));
+    let one_hour = ca
+        .sign_csr(&csr, &id, Some(Duration::from_secs(3600)))
+        .unwrap();
+    assert!(approx(
+        one_hour.not_after,
+        now + Duration::from_secs(3600),
+        Duration::from_secs(5)
+    ));
+    let capped = ca
+        .sign_csr(&csr, &id, Some(Duration::from_secs(48 * 3600)))
+        .unwrap();
+    assert!(approx(
+        capped.not_after,
+        now + DEFAULT_CERT_LIFETIME,
+        Duration::from_secs(5)
+    ));
     // Serial numbers are unique per issuance.
     assert_ne!(
         cert_info(&one_hour.chain[0]).unwrap().serial,
@@ -117,7 +143,10 @@ fn refuses_a_csr_for_an_identity_the_caller_does_not_hold() {
     let victim = identity("kube-system", "admin");
     let csr = generate_key_and_csr(&victim).unwrap().csr_pem;
     let err = ca.sign_csr(&csr, &caller, None).unwrap_err();
-    assert!(matches!(err, CaError::IdentityNotAuthorized { .. }), "{err:?}");
+    assert!(
+        matches!(err, CaError::IdentityNotAuthorized { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("spiffe://cluster.local/ns/kube-system/sa/admin")
@@ -127,15 +156,21 @@ fn refuses_a_csr_for_an_identity_the_caller_does_not_hold() {
 
     // Asking for the entitled identity plus another one is refused too.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let two = mesh_tls::csr::csr_pem_with_sans(&key, &[caller.to_string(), victim.to_string()])
-        .unwrap();
+    let two =
+        mesh_tls::csr::csr_pem_with_sans(&key, &[caller.to_string(), victim.to_string()]).unwrap();
     let err = ca.sign_csr(&two, &caller, None).unwrap_err();
-    assert!(matches!(err, CaError::IdentityNotAuthorized { .. }), "{err:?}");
+    assert!(
+        matches!(err, CaError::IdentityNotAuthorized { .. }),
+        "{err:?}"
+    );
 
     // And a CSR without any identity.
     let none = mesh_tls::csr::csr_pem_with_sans(&key, &[]).unwrap();
     let err = ca.sign_csr(&none, &caller, None).unwrap_err();
-    assert!(err.to_string().contains("CSR asks for no identity"), "{err}");
+    assert!(
+        err.to_string().contains("CSR asks for no identity"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -161,19 +196,26 @@ fn garbage_csr_and_pem_give_clear_errors() {
     assert!(matches!(err, CaError::BadCsr(_)), "{err:?}");
 
     let err = CertificateAuthority::from_pem("garbage", "garbage").unwrap_err();
-    assert!(err.to_string().contains("CA certificate: no PEM block"), "{err}");
+    assert!(
+        err.to_string().contains("CA certificate: no PEM block"),
+        "{err}"
+    );
     let err = CertificateAuthority::from_pem(ca.root_pem(), "garbage").unwrap_err();
     assert!(err.to_string().starts_with("CA key"), "{err}");
 
     let err = WorkloadCert::from_pem("junk", ca.root_pem(), None).unwrap_err();
-    assert!(err.to_string().contains("workload key: no PEM block"), "{err}");
+    assert!(
+        err.to_string().contains("workload key: no PEM block"),
+        "{err}"
+    );
 }
 
 #[test]
 fn generated_ca_is_written_for_peers_and_loads_back() {
     let dir = temp_dir("ca");
     let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("ca-key.pem"));
-    let first = CertificateAuthority::load_or_generate(&cert_path, &key_path, TRUST_DOMAIN).unwrap();
+    let first =
+        CertificateAuthority::load_or_generate(&cert_path, &key_path, TRUST_DOMAIN).unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "CA key must be private");
@@ -209,8 +251,9 @@ fn generated_ca_is_written_for_peers_and_loads_back() {
     assert!(matches!(err, CaError::KeyMismatch), "{err:?}");
     // A leaf is not a CA.
     let leaf_pem = mesh_tls::cert_to_pem(&issued.chain[0]);
-    let err = CertificateAuthority::from_pem(&leaf_pem, &std::fs::read_to_string(&key_path).unwrap())
-        .unwrap_err();
+    let err =
+        CertificateAuthority::from_pem(&leaf_pem, &std::fs::read_to_string(&key_path).unwrap())
+            .unwrap_err();
     assert!(matches!(err, CaError::NotACa), "{err:?}");
     // A missing file names the path.
     let err = CertificateAuthority::load(&dir.join("missing.pem"), &key_path).unwrap_err();
@@ -229,9 +272,17 @@ fn workload_cert_from_pem_checks_the_identity() {
     let cert = WorkloadCert::from_pem(&request.key_pem, &chain_pem, Some(&id)).unwrap();
     assert_eq!(cert.identity, id);
     assert_eq!(cert.chain.len(), 2);
-    let err = WorkloadCert::from_pem(&request.key_pem, &chain_pem, Some(&identity("default", "b")))
-        .unwrap_err();
-    assert!(err.to_string().contains("expected spiffe://cluster.local/ns/default/sa/b"), "{err}");
+    let err = WorkloadCert::from_pem(
+        &request.key_pem,
+        &chain_pem,
+        Some(&identity("default", "b")),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected spiffe://cluster.local/ns/default/sa/b"),
+        "{err}"
+    );
 }
 
 fn csr_der(pem: &str) -> Vec<u8> {
