@@ -329,6 +329,11 @@ fn worker_main<H, F>(
         .state
         .io_uring
         .store(uring, std::sync::atomic::Ordering::Relaxed);
+    let _panic_guard = WorkerPanicGuard {
+        index,
+        state: params.state.clone(),
+        shutdown: params.shutdown.clone(),
+    };
     rt.block_on(async move {
         // The factory runs inside the runtime so handlers may create
         // runtime-bound resources (timers, sockets).
@@ -337,6 +342,31 @@ fn worker_main<H, F>(
         drop(started);
         worker::run(params, handler, !uring).await;
     });
+}
+
+/// A worker that panics outside a connection (its control loop, a task a
+/// handler spawned) leaves its share of every port unserved: rather than limp
+/// on half-alive, the process stops being ready and shuts down, so the
+/// supervisor restarts it (and `run` returns an error).
+struct WorkerPanicGuard {
+    index: usize,
+    state: Arc<worker::WorkerState>,
+    shutdown: Arc<shutdown::ShutdownState>,
+}
+
+impl Drop for WorkerPanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.state
+                .all_bound
+                .store(false, std::sync::atomic::Ordering::Release);
+            tracing::error!(
+                worker = self.index,
+                "worker panicked; shutting the process down"
+            );
+            self.shutdown.trigger("a worker panicked");
+        }
+    }
 }
 
 fn bind_control(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {

@@ -326,3 +326,48 @@ fn taken_admin_address_is_a_start_error() {
     let err = runtime.run(|_| Echo).unwrap_err();
     assert!(format!("{err:#}").contains("admin address"), "{err:#}");
 }
+
+/// Panics from a task outside any connection once the worker is running.
+struct PanicsLater;
+
+impl ConnectionHandler for PanicsLater {
+    async fn handle(self: Rc<Self>, _conn: Accepted) {}
+}
+
+#[test]
+fn a_panicking_worker_shuts_the_process_down() {
+    let options = RuntimeOptions {
+        workers: 2,
+        drain_timeout: Duration::from_secs(2),
+        ..loopback_any_port()
+    };
+    let runtime = Runtime::new(options, mesh_registry::new_handle(Snapshot::default()));
+    let started = Instant::now();
+    let result = runtime.run(|index| {
+        if index == 1 {
+            monoio::spawn(async {
+                monoio::time::sleep(Duration::from_millis(300)).await;
+                panic!("deliberate test panic in a worker task");
+            });
+        }
+        PanicsLater
+    });
+    let err = result.unwrap_err();
+    assert!(format!("{err:#}").contains("panicked"), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_panicking_factory_is_a_start_error() {
+    let options = RuntimeOptions {
+        workers: 2,
+        ..loopback_any_port()
+    };
+    let runtime = Runtime::new(options, mesh_registry::new_handle(Snapshot::default()));
+    let result = runtime.run(|index| {
+        assert!(index != 1, "deliberate test panic in the handler factory");
+        PanicsLater
+    });
+    let err = result.unwrap_err();
+    assert!(format!("{err:#}").contains("start-up"), "{err:#}");
+}
