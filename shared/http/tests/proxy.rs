@@ -501,3 +501,42 @@ fn early_upstream_response_to_a_streamed_upload_is_forwarded() {
     writer.join().unwrap();
     assert_healthy(&gw);
 }
+
+#[test]
+fn garbage_from_upstream_is_a_502() {
+    let up = upstream();
+    let gw = simple(&up);
+    assert_eq!(get(&gw, "/garbage").status, 502);
+    assert_healthy(&gw);
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let up = upstream();
+    let c = cluster("echo", vec![up.addr]);
+    let gw = Gateway::start(
+        move |port| {
+            snapshot(
+                port,
+                vec![prefix("/", rule(vec![backend(&c, 1)], vec![]))],
+                vec![],
+            )
+        },
+        mesh_http::HttpOptions {
+            idle_timeout: Duration::from_millis(300),
+            request_header_timeout: Duration::from_millis(300),
+            ..quick_options()
+        },
+    );
+    // Kept alive after a request, closed once idle.
+    let s = gw.connect();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    (&s).write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 200);
+    assert!(closed_after(&mut r));
+    // A connection that never sends anything is closed without a response.
+    let mut silent = gw.connect();
+    let mut buf = Vec::new();
+    assert_eq!(silent.read_to_end(&mut buf).unwrap(), 0);
+}

@@ -191,6 +191,7 @@ pub struct Upstream {
 /// - /status/NNN: that status (empty body)
 /// - /delay/MS: sleeps then answers like default
 /// - /reset: closes with RST before answering
+/// - /garbage: answers with something that is not HTTP
 /// - /flaky?key=K&fail=N&code=C: the first N requests per K get C (or RST when C=0)
 /// - /chunked: chunked response "hello" " world"
 /// - /eof: response without length, closed after the body
@@ -361,6 +362,10 @@ fn serve_upstream(stream: TcpStream, seen: &Seen) -> std::io::Result<()> {
             let code: u16 = code[..3].parse().unwrap();
             write!(w, "HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n")?;
             continue;
+        }
+        if path.starts_with("/garbage") {
+            w.write_all(b"SSH-2.0-not-http\r\n\r\n")?;
+            return Ok(());
         }
         if path.starts_with("/reset") {
             reset(&stream);
