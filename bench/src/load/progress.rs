@@ -62,7 +62,7 @@ impl ProgressLine {
                     .sum();
                 let rate = (done - last_done) as f64 / (now - last_at).as_secs_f64();
                 let of = total
-                    .map(|t| format!("/{:.0}s", t.as_secs_f64()))
+                    .map(|t| format!("/{t:?}"))
                     .unwrap_or_default();
                 let _ = write!(
                     std::io::stderr(),
