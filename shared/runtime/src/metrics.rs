@@ -86,9 +86,39 @@ fn render_runtime(state: &ControlState, out: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    render_per_worker(state, out);
     let _ = writeln!(
         out,
         "# HELP ringmesh_config_errors Documents rejected in the current snapshot.\n# TYPE ringmesh_config_errors gauge\nringmesh_config_errors {}",
         snapshot.status.config_errors.len()
     );
+}
+
+/// Per-worker gauges: a worker stuck on an old snapshot or missing a port
+/// shows up here.
+fn render_per_worker(state: &ControlState, out: &mut String) {
+    type Read = fn(&crate::worker::WorkerState) -> u64;
+    let series: [(&str, &str, Read); 3] = [
+        (
+            "ringmesh_worker_connections_active",
+            "Open downstream connections of one worker.",
+            |w| w.active.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ringmesh_worker_listeners_bound",
+            "Listener ports one worker has bound.",
+            |w| w.bound_ports.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ringmesh_worker_snapshot_version",
+            "Snapshot version one worker last reconciled its listeners with.",
+            |w| w.seen_version.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (index, worker) in state.workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{index}\"}} {}", read(worker));
+        }
+    }
 }

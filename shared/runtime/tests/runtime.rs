@@ -236,6 +236,12 @@ fn listeners_follow_the_snapshot(driver: IoDriver) {
         "{body}"
     );
     assert!(body.contains("ringmesh_snapshot_version 2\n"), "{body}");
+    for worker in 0..2 {
+        let bound = format!("ringmesh_worker_listeners_bound{{worker=\"{worker}\"}} 1\n");
+        assert!(body.contains(&bound), "{body}");
+        let version = format!("ringmesh_worker_snapshot_version{{worker=\"{worker}\"}} 2\n");
+        assert!(body.contains(&version), "{body}");
+    }
     assert!(
         body.contains("ringmesh_downstream_connections_active 1\n"),
         "{body}"
