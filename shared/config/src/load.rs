@@ -538,7 +538,10 @@ fn validate_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError>
     if let Some(path) = netns {
         if !path.starts_with('/') {
             return Err(FieldError::at(
-                format!("metadata.annotations[{}]", crate::security::NETNS_ANNOTATION),
+                format!(
+                    "metadata.annotations[{}]",
+                    crate::security::NETNS_ANNOTATION
+                ),
                 format!("must be an absolute path to a network namespace, got {path:?}"),
             ));
         }

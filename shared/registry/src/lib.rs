@@ -4,6 +4,7 @@
 pub mod snapshot;
 pub mod status;
 pub mod translate;
+pub mod workloads;
 
 use std::sync::Arc;
 

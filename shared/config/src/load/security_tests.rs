@@ -84,8 +84,16 @@ fn authorization_policy_and_peer_authentication_load() {
 #[test]
 fn bad_policy_fields_are_named() {
     let cases = [
-        ("\"8080\"", "\"http\"", "spec.rules[0].to[0].operation.ports[0]"),
-        ("10.0.0.0/24", "10.0.0.0/99", "spec.rules[0].from[0].source.ipBlocks[0]"),
+        (
+            "\"8080\"",
+            "\"http\"",
+            "spec.rules[0].to[0].operation.ports[0]",
+        ),
+        (
+            "10.0.0.0/24",
+            "10.0.0.0/99",
+            "spec.rules[0].from[0].source.ipBlocks[0]",
+        ),
         ("DENY", "MAYBE", "spec.action"),
     ];
     for (from, to, field) in cases {
