@@ -308,15 +308,15 @@ fn against_the_bench_echo_backend() {
     assert_eq!(body, 32.0);
 }
 
-#[test]
-fn raw_tcp_echo_mode() {
+/// A std::net TCP echo server.
+fn tcp_echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { break };
             std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
+                let mut buf = [0u8; 16384];
                 while let Ok(n) = conn.read(&mut buf) {
                     if n == 0 || conn.write_all(&buf[..n]).is_err() {
                         return;
@@ -325,6 +325,12 @@ fn raw_tcp_echo_mode() {
             });
         }
     });
+    addr
+}
+
+#[test]
+fn raw_tcp_echo_mode() {
+    let addr = tcp_echo_server();
     let (out, v) = run_load(&[
         "-n",
         "200",
@@ -343,4 +349,41 @@ fn raw_tcp_echo_mode() {
     assert_eq!(v["RetCodes"]["200"], 200);
     assert_eq!(v["BytesSent"], 200_000);
     assert_eq!(v["BytesReceived"], 200_000);
+}
+
+#[test]
+fn raw_tcp_bulk_mode_gets_every_byte_back() {
+    let addr = tcp_echo_server();
+    let (out, v) = run_load(&[
+        "--bulk",
+        "-d",
+        "300ms",
+        "-c",
+        "2",
+        "--payload-size",
+        "16384",
+        &format!("tcp://{addr}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = v["BytesSent"].as_u64().unwrap();
+    assert!(
+        sent >= 2 * 16384,
+        "each connection wrote at least one block: {sent}"
+    );
+    assert_eq!(sent % 16384, 0);
+    assert_eq!(
+        v["BytesReceived"].as_u64().unwrap(),
+        sent,
+        "the echo returned everything before closing"
+    );
+    assert_eq!(v["SocketCount"], 2);
+    assert!(
+        v["ErrorKinds"].as_object().unwrap().is_empty(),
+        "{}",
+        v["ErrorKinds"]
+    );
 }

@@ -58,6 +58,10 @@ pub struct Args {
     /// Raw TCP echo mode: bytes sent (and expected back) per request.
     #[arg(long = "payload-size", default_value_t = 64)]
     pub payload_size: usize,
+    /// Raw TCP bulk mode (tcp:// only): each connection writes --payload-size
+    /// blocks back to back for the duration and counts what comes back.
+    #[arg(long = "bulk")]
+    pub bulk: bool,
     /// Per-request timeout; 0 disables it.
     #[arg(long = "timeout", default_value = "5s", value_parser = units::parse_duration)]
     pub timeout: Duration,
@@ -125,7 +129,16 @@ fn validate(args: &Args) -> anyhow::Result<()> {
 /// Run the load described by `args` and print the summary (unless quiet).
 pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
     validate(args)?;
-    let target = target::parse_target(&args.url)?;
+    let mut target = target::parse_target(&args.url)?;
+    if args.bulk {
+        if target.protocol != target::Protocol::TcpEcho {
+            bail!("--bulk needs a tcp:// URL");
+        }
+        if args.requests.is_some() || args.qps > 0.0 {
+            bail!("--bulk runs for a duration (-d); -n and --qps do not apply");
+        }
+        target.protocol = target::Protocol::TcpBulk;
+    }
     let request = match target.protocol {
         target::Protocol::Http1 => {
             let body = match (&args.body, &args.body_file) {
@@ -148,7 +161,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
             };
             target::build_request(&target, &spec)
         }
-        target::Protocol::TcpEcho => {
+        target::Protocol::TcpEcho | target::Protocol::TcpBulk => {
             if args.payload_size == 0 {
                 bail!("--payload-size must be at least 1");
             }
@@ -160,6 +173,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
     let request = Arc::new(request);
     let qps = (args.qps > 0.0).then_some(args.qps);
     let mode = match (qps, args.new_conn) {
+        _ if args.bulk => format!("bulk, {}-byte writes", args.payload_size),
         (None, false) => "closed loop (max rate), keep-alive".to_string(),
         (None, true) => "closed loop (max rate), new connection per request".to_string(),
         (Some(q), nc) => format!(

@@ -61,9 +61,7 @@ impl ProgressLine {
                     .map(|c| c.errors.load(Ordering::Relaxed))
                     .sum();
                 let rate = (done - last_done) as f64 / (now - last_at).as_secs_f64();
-                let of = total
-                    .map(|t| format!("/{t:?}"))
-                    .unwrap_or_default();
+                let of = total.map(|t| format!("/{t:?}")).unwrap_or_default();
                 let _ = write!(
                     std::io::stderr(),
                     "\r\x1b[K[{:5.1}s{of}] {} requests  {} req/s  {} errors",

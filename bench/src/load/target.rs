@@ -12,6 +12,8 @@ pub enum Protocol {
     Http1,
     /// Raw TCP: write a payload, read the same number of bytes back.
     TcpEcho,
+    /// Raw TCP: write continuously and read whatever comes back, for throughput.
+    TcpBulk,
 }
 
 impl Protocol {
@@ -19,7 +21,7 @@ impl Protocol {
     pub fn run_type(self) -> &'static str {
         match self {
             Protocol::Http1 => "HTTP",
-            Protocol::TcpEcho => "TCP",
+            Protocol::TcpEcho | Protocol::TcpBulk => "TCP",
         }
     }
 }

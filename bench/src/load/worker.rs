@@ -12,7 +12,7 @@ use super::response::{parse_head, BodySkipper};
 use super::stats::{ErrorKind, Stats};
 use super::target::Protocol;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -58,6 +58,17 @@ pub fn run_thread(plan: ThreadPlan) -> anyhow::Result<Stats> {
             budget: Cell::new(plan.request_budget.unwrap_or(u64::MAX)),
         });
         let mut handles = Vec::new();
+        if plan.protocol == Protocol::TcpBulk {
+            let handles: Vec<_> = plan
+                .connection_indices
+                .iter()
+                .map(|_| monoio::spawn(run_bulk_connection(plan.clone(), shared.clone())))
+                .collect();
+            for h in handles {
+                h.await;
+            }
+            return shared.stats.take();
+        }
         for &index in &plan.connection_indices {
             let schedule = plan
                 .qps
@@ -204,6 +215,7 @@ async fn exchange(
     match plan.protocol {
         Protocol::Http1 => exchange_http1(s, recv, plan.head_request).await,
         Protocol::TcpEcho => exchange_tcp_echo(s, recv, &plan.request).await,
+        Protocol::TcpBulk => unreachable!("bulk connections use run_bulk_connection"),
     }
 }
 
@@ -279,6 +291,72 @@ async fn exchange_tcp_echo(
         total_len: payload.len() as u64,
         close: false,
     })
+}
+
+/// Raw TCP bulk: write `plan.request` blocks back to back until the deadline,
+/// then half-close; meanwhile read (and count) whatever the peer sends until
+/// it closes or a second after the deadline.
+async fn run_bulk_connection(plan: Rc<ThreadPlan>, shared: Rc<Shared>) {
+    let Some(deadline) = plan.deadline else {
+        return;
+    };
+    let stream = match TcpStream::connect_addr(plan.addr).await {
+        Ok(s) => s,
+        Err(_) => {
+            shared
+                .stats
+                .borrow_mut()
+                .record_error(ErrorKind::Connect, None);
+            plan.counters.add_error();
+            return;
+        }
+    };
+    shared.stats.borrow_mut().connections_opened += 1;
+    let (mut reader, mut writer) = stream.into_split();
+    let block = plan.request.clone();
+    let counters = plan.counters.clone();
+    let write_side = async move {
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            let (res, _) = writer.write_all(block.clone()).await;
+            if res.is_err() {
+                return (sent, true);
+            }
+            sent += block.len() as u64;
+            counters.add_done();
+        }
+        let _ = writer.shutdown().await;
+        (sent, false)
+    };
+    let read_side = async move {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let (res, b) = reader.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) => return (got, false),
+                Ok(n) => got += n as u64,
+                Err(_) => return (got, true),
+            }
+        }
+    };
+    let grace = monoio::time::Instant::from_std(deadline + Duration::from_secs(1));
+    let read_side = async move {
+        monoio::time::timeout_at(grace, read_side)
+            .await
+            .unwrap_or((0, true))
+    };
+    let ((sent, write_failed), (got, read_failed)) = monoio::join!(write_side, read_side);
+    let mut stats = shared.stats.borrow_mut();
+    stats.bytes_sent += sent;
+    stats.bytes_received += got;
+    if write_failed {
+        stats.record_error(ErrorKind::Write, None);
+    }
+    if read_failed {
+        stats.record_error(ErrorKind::Read, None);
+    }
 }
 
 /// Receive buffer: `buf[pos..]` holds bytes read but not yet consumed.
