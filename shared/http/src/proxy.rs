@@ -250,6 +250,9 @@ pub(crate) async fn handle(h: &HttpHandler, c: &mut Client, mut req: RequestHead
             return Outcome::Close;
         }
     }
+    if let Some(normalized) = route::normalize_path(&req.path) {
+        req.path = Bytes::from(normalized);
+    }
     let snapshot = h.snapshots.load_full();
     let host_raw = req.host_header().cloned().unwrap_or_default();
     let host = routing_host(&host_raw);

@@ -93,3 +93,71 @@ mod tests {
         assert_eq!(routing_host(b"a.example.com."), "a.example.com");
     }
 }
+
+/// RFC 3986 dot-segment removal on the path part of `target` (the query is
+/// kept as is), so `/public/../admin` is routed and forwarded as `/admin`
+/// (what Istio's default BASE normalization does). None when nothing changes,
+/// which is the cheap common case.
+pub fn normalize_path(target: &[u8]) -> Option<Vec<u8>> {
+    let (path, query) = match target.iter().position(|b| *b == b'?') {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, &b""[..]),
+    };
+    if !path.starts_with(b"/") || !has_dot_segment(path) {
+        return None;
+    }
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut parts = path[1..].split(|b| *b == b'/').peekable();
+    let mut trailing_slash = false;
+    while let Some(seg) = parts.next() {
+        let last = parts.peek().is_none();
+        match seg {
+            b"." => trailing_slash = last,
+            b".." => {
+                segments.pop();
+                trailing_slash = last;
+            }
+            s => {
+                segments.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(target.len());
+    for s in &segments {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(query);
+    Some(out)
+}
+
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|b| *b == b'/').any(|s| s == b"." || s == b"..")
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize_path;
+
+    fn n(s: &str) -> String {
+        normalize_path(s.as_bytes())
+            .map_or_else(|| s.to_string(), |v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn dot_segments_are_removed() {
+        assert_eq!(n("/public/../admin"), "/admin");
+        assert_eq!(n("/a/./b"), "/a/b");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a/b/."), "/a/b/");
+        assert_eq!(n("/../../x?y=/../z"), "/x?y=/../z");
+        assert_eq!(n("/.."), "/");
+        assert_eq!(n("/a/..b/c"), "/a/..b/c");
+        assert!(normalize_path(b"/plain/path?q=1").is_none());
+        assert!(normalize_path(b"*").is_none());
+    }
+}
