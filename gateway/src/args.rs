@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     pub gateway: Option<ObjectRef>,
 
-    /// Admin server: /config_dump, /status, /quitquitquit, /healthz/ready.
+    /// Admin server: /config_dump, /status, /quitquitquit, /healthz/ready, /logging.
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin_addr: SocketAddr,
 
