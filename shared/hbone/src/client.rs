@@ -150,6 +150,13 @@ impl Tunnel {
         outcome
     }
 
+    /// Reader and writer halves for socket-style code (copies; see
+    /// [`crate::io`]). The stream slot is held until both are dropped.
+    pub fn into_io(self) -> (crate::io::TunnelReader, crate::io::TunnelWriter) {
+        let (send, recv) = self.stream.into_parts();
+        crate::io::split(send, recv, Some(self.lease))
+    }
+
     pub fn into_parts(self) -> (H2Stream, Lease) {
         (self.stream, self.lease)
     }

@@ -9,11 +9,13 @@
 //! - [`server`]: [`Server`] answers CONNECT streams via a [`ConnectHandler`].
 //! - [`pool`]: [`Pool`], the per-worker client.
 //! - [`pipe`]: zero-copy byte pipes between an h2 stream and a socket.
+//! - [`io`]: a tunnel as a monoio byte stream, for socket-style callers.
 //! - [`settings`]: the HTTP/2 windows, frame size and keepalive both ends use.
 
 pub mod client;
 mod event;
 pub mod headers;
+pub mod io;
 mod keepalive;
 pub mod pipe;
 pub mod pool;
@@ -24,12 +26,13 @@ mod stream;
 pub use client::{
     connect_fn, ClientError, Connect, ConnectFn, TcpConnector, Tunnel, TunnelRequest,
 };
+pub use io::{TunnelReader, TunnelWriter};
 pub use keepalive::KeepaliveError;
 pub use pipe::{PipeError, PipeOutcome};
 pub use pool::{ClientConfig, Lease, Pool, PoolKey};
 pub use server::{
-    handler_fn, ConnectHandler, ConnectRequest, HandlerFn, Refusal, Server, ServerConfig,
-    ServerError, TunnelOutcome,
+    handler_fn, ConnectHandler, ConnectRequest, ConnectionInfo, HandlerFn, Refusal, Server,
+    ServerConfig, ServerError, TunnelOutcome,
 };
 pub use settings::H2Settings;
 pub use stream::H2Stream;

@@ -108,7 +108,7 @@ pub(crate) async fn send_all(
     Ok(())
 }
 
-async fn wait_capacity(send: &mut SendStream<Bytes>) -> Result<usize, h2::Error> {
+pub(crate) async fn wait_capacity(send: &mut SendStream<Bytes>) -> Result<usize, h2::Error> {
     let capacity = send.capacity();
     if capacity > 0 {
         return Ok(capacity);

@@ -38,14 +38,27 @@ pub struct ConnectRequest {
     /// `:authority`, the destination the client wants (`ip:port`).
     pub authority: SocketAddr,
     /// The authenticated identity of the connection's peer (the client
-    /// certificate's SPIFFE URI), as given to [`Server::serve`].
+    /// certificate's SPIFFE URI), from the [`ConnectionInfo`] given to [`Server::serve`].
     pub peer_identity: Option<Arc<str>>,
+    /// The HBONE connection's remote address (the client ztunnel / pod).
+    pub peer_addr: Option<SocketAddr>,
+    /// The HBONE connection's local address (which of our addresses it reached).
+    pub local_addr: Option<SocketAddr>,
     /// The original source from `forwarded: for="ip:port"`, if sent.
     pub forwarded_for: Option<SocketAddr>,
     pub baggage: Option<String>,
     pub traceparent: Option<String>,
     /// All request headers, for anything not parsed above.
     pub headers: HeaderMap,
+}
+
+/// What the caller knows about an accepted HBONE connection (after TLS).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionInfo {
+    /// The verified peer identity (client certificate URI SAN); `None` for plain TCP.
+    pub peer_identity: Option<Arc<str>>,
+    pub peer_addr: Option<SocketAddr>,
+    pub local_addr: Option<SocketAddr>,
 }
 
 /// Why a CONNECT is not served; each maps to Istio's status code.
@@ -212,9 +225,9 @@ impl<H: ConnectHandler> Server<H> {
     }
 
     /// Serves one connection (TLS already terminated by the caller, who
-    /// passes the verified peer identity) until it closes. Each CONNECT
+    /// passes the verified peer identity and addresses) until it closes. Each CONNECT
     /// stream runs in its own task.
-    pub async fn serve<S>(&self, io: S, peer_identity: Option<Arc<str>>) -> Result<(), ServerError>
+    pub async fn serve<S>(&self, io: S, connection: ConnectionInfo) -> Result<(), ServerError>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
@@ -253,10 +266,10 @@ impl<H: ConnectHandler> Server<H> {
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     let inner = self.inner.clone();
-                    let peer = peer_identity.clone();
-                    monoio::spawn(
-                        async move { handle_stream(inner, request, respond, peer).await },
-                    );
+                    let connection = connection.clone();
+                    monoio::spawn(async move {
+                        handle_stream(inner, request, respond, connection).await
+                    });
                 }
                 Poll::Ready(Some(Err(err))) => {
                     return Poll::Ready(Err(ServerError::Connection(err)))
@@ -311,11 +324,11 @@ async fn handle_stream<H: ConnectHandler>(
     inner: Rc<Inner<H>>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer_identity: Option<Arc<str>>,
+    connection: ConnectionInfo,
 ) {
     let _stream = Counted::new(&inner, |inner| &inner.streams);
     let (parts, body) = request.into_parts();
-    let request = match parse_connect(parts, peer_identity) {
+    let request = match parse_connect(parts, connection) {
         Ok(request) => request,
         Err(refusal) => {
             tracing::debug!(%refusal, "HBONE request refused");
@@ -341,7 +354,7 @@ async fn handle_stream<H: ConnectHandler>(
 
 fn parse_connect(
     parts: http::request::Parts,
-    peer_identity: Option<Arc<str>>,
+    connection: ConnectionInfo,
 ) -> Result<ConnectRequest, Refusal> {
     if parts.method != Method::CONNECT {
         return Err(Refusal::BadRequest(format!(
@@ -363,7 +376,9 @@ fn parse_connect(
         baggage: headers::header_text(&parts.headers, headers::BAGGAGE),
         traceparent: headers::header_text(&parts.headers, headers::TRACEPARENT),
         headers: parts.headers,
-        peer_identity,
+        peer_identity: connection.peer_identity,
+        peer_addr: connection.peer_addr,
+        local_addr: connection.local_addr,
     })
 }
 

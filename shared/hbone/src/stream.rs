@@ -61,6 +61,11 @@ impl H2Stream {
         self.send.send_reset(reason);
     }
 
+    /// This stream as monoio reader and writer halves (copying adapter, see [`crate::io`]).
+    pub fn into_io(self) -> (crate::io::TunnelReader, crate::io::TunnelWriter) {
+        crate::io::split(self.send, self.recv, None)
+    }
+
     /// Pipes bytes both ways between this stream and a byte stream split
     /// into `read` and `write` halves, until both directions finished.
     pub async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(self, read: R, write: W) -> PipeOutcome {

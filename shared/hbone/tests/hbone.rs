@@ -278,6 +278,10 @@ fn request_headers_reach_the_handler() {
         assert_eq!(seen.baggage, request.baggage);
         assert_eq!(seen.traceparent, request.traceparent);
         assert_eq!(seen.peer_identity, None);
+        assert_eq!(seen.local_addr, Some(hbone));
+        assert!(seen
+            .peer_addr
+            .is_some_and(|a| a.ip().is_loopback() && a.port() != 0));
     });
 }
 
@@ -434,5 +438,43 @@ fn idle_connections_are_closed() {
             }
         })
         .await;
+    });
+}
+
+#[test]
+fn tunnel_works_as_a_monoio_byte_stream() {
+    run(async {
+        let hbone = spawn_hbone_server(new_server(ServerConfig::default()));
+        let echo = spawn_echo();
+        let pool = Pool::new(ClientConfig::default(), TcpConnector);
+        let tunnel = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), echo))
+            .await
+            .unwrap();
+        let (mut reader, mut writer) = tunnel.into_io();
+        let payload = Pattern::new(9).fill(3 * 1024 * 1024 + 17);
+        let expected = {
+            let mut sum = Checksum::default();
+            sum.update(&payload);
+            sum.value()
+        };
+        let writing = monoio::spawn(async move {
+            let (res, _) = writer.write_all(payload).await;
+            res.expect("write through the tunnel");
+            writer.shutdown().await.expect("END_STREAM");
+            writer
+        });
+        // Small reads: the reader must hand out the rest of a frame later.
+        let mut received = Checksum::default();
+        loop {
+            let (res, buf) = reader.read(Vec::with_capacity(1000)).await;
+            if res.unwrap() == 0 {
+                break;
+            }
+            received.update(&buf);
+        }
+        assert_eq!(received.value(), expected);
+        let _writer = writing.await;
+        assert_eq!(pool.connection_count(), 1);
     });
 }

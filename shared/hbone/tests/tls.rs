@@ -39,8 +39,12 @@ fn spawn_tls_hbone_server(tls: Arc<HboneTls>, server: Server<Upstreams>) -> Sock
                 let Ok(stream) = mesh_tls::accept(tls.server_config(), tcp).await else {
                     return;
                 };
-                let peer: Arc<str> = stream.peer_identity().to_string().into();
-                let _ = server.serve(stream, Some(peer)).await;
+                let connection = mesh_hbone::ConnectionInfo {
+                    peer_identity: Some(stream.peer_identity().to_string().into()),
+                    peer_addr: stream.peer_addr().ok(),
+                    local_addr: stream.local_addr().ok(),
+                };
+                let _ = server.serve(stream, connection).await;
             });
         }
     });

@@ -141,12 +141,17 @@ impl ConnectHandler for Upstreams {
 pub fn spawn_hbone_server<H: ConnectHandler>(current: Rc<RefCell<Server<H>>>) -> SocketAddr {
     let (listener, addr) = listener();
     monoio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        while let Ok((stream, peer_addr)) = listener.accept().await {
             stream.set_nodelay(true).unwrap();
             let server = current.borrow().clone();
+            let connection = mesh_hbone::ConnectionInfo {
+                peer_identity: None,
+                peer_addr: Some(peer_addr),
+                local_addr: stream.local_addr().ok(),
+            };
             monoio::spawn(async move {
                 let io = stream.into_poll_io().expect("poll io");
-                let _ = server.serve(io, None).await;
+                let _ = server.serve(io, connection).await;
             });
         }
     });
