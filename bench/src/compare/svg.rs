@@ -4,9 +4,9 @@
 use super::report::Summary;
 use std::fmt::Write;
 
-const W: f64 = 960.0;
 const H: f64 = 450.0;
-const PANEL_W: f64 = 400.0;
+/// Narrowest panel; wider when there are many bars.
+const MIN_PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 280.0;
 const TOP: f64 = 100.0;
 const COLORS: [&str; 6] = [
@@ -35,7 +35,14 @@ fn nice_max(v: f64) -> f64 {
     10.0 * mag
 }
 
-fn axis(out: &mut String, x0: f64, max: f64, label: &str, fmt: &dyn Fn(f64) -> String) {
+fn axis(
+    out: &mut String,
+    x0: f64,
+    panel_w: f64,
+    max: f64,
+    label: &str,
+    fmt: &dyn Fn(f64) -> String,
+) {
     let _ = writeln!(
         out,
         r##"<text x="{x0}" y="{}" font-size="13" fill="#333">{}</text>"##,
@@ -48,7 +55,7 @@ fn axis(out: &mut String, x0: f64, max: f64, label: &str, fmt: &dyn Fn(f64) -> S
         let _ = writeln!(
             out,
             r##"<line x1="{x0}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{}</text>"##,
-            x0 + PANEL_W,
+            x0 + panel_w,
             x0 - 6.0,
             y + 4.0,
             fmt(v)
@@ -58,6 +65,17 @@ fn axis(out: &mut String, x0: f64, max: f64, label: &str, fmt: &dyn Fn(f64) -> S
 
 pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String {
     let mut out = String::new();
+    let panel_w = (summaries.len() as f64 * 110.0).max(MIN_PANEL_W);
+    #[allow(non_snake_case)]
+    let W = 70.0 + panel_w + 90.0 + panel_w + 30.0;
+    // One colour per contender, the same for every tool.
+    let mut names: Vec<&str> = Vec::new();
+    for s in summaries {
+        if !names.contains(&s.contender.as_str()) {
+            names.push(&s.contender);
+        }
+    }
+    let color_of = |c: &str| COLORS[names.iter().position(|n| *n == c).unwrap_or(0) % COLORS.len()];
     let _ = writeln!(
         out,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif">"##
@@ -81,10 +99,15 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
     // Left: requests/s.
     let x0 = 70.0;
     let rps_max = nice_max(summaries.iter().map(|s| s.rps).fold(0.0, f64::max));
-    axis(&mut out, x0, rps_max, "requests/s (median)", &|v| {
-        trim_number(v / 1000.0) + "k"
-    });
-    let slot = PANEL_W / n;
+    axis(
+        &mut out,
+        x0,
+        panel_w,
+        rps_max,
+        "requests/s (median)",
+        &|v| trim_number(v / 1000.0) + "k",
+    );
+    let slot = panel_w / n;
     for (i, s) in summaries.iter().enumerate() {
         let h = PANEL_H * s.rps / rps_max;
         let x = x0 + slot * i as f64 + slot * 0.15;
@@ -93,7 +116,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
         let _ = writeln!(
             out,
             r##"<rect class="rps" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{}"><title>{} {}: {:.0} req/s</title></rect>"##,
-            COLORS[i % COLORS.len()],
+            color_of(&s.contender),
             esc(&s.contender),
             esc(&s.tool),
             s.rps
@@ -115,11 +138,12 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
     }
 
     // Right: latency percentiles in ms.
-    let x1 = x0 + PANEL_W + 90.0;
+    let x1 = x0 + panel_w + 90.0;
     let lat_max = nice_max(summaries.iter().map(|s| s.p99_us).fold(0.0, f64::max) / 1000.0);
     axis(
         &mut out,
         x1,
+        panel_w,
         lat_max,
         "latency ms (median of runs): p50 / p90 / p99",
         &|v| trim_number(v),
