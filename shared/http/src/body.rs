@@ -4,7 +4,7 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::codec::chunked::{self, ChunkedDecoder, Decoded};
 use crate::codec::BodyKind;
@@ -133,7 +133,10 @@ impl BodyReader {
     }
 
     /// Reads more from `io` after `poll_buffered` said `NeedRead`.
-    pub async fn read_more(&mut self, io: &mut Io) -> Result<(), BodyError> {
+    pub async fn read_more<S: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> Result<(), BodyError> {
         let n = match self.idle_timeout {
             Some(d) => monoio::time::timeout(d, io.fill())
                 .await
@@ -151,7 +154,10 @@ impl BodyReader {
     }
 
     /// The next piece of payload, reading as needed; None at the end.
-    pub async fn next(&mut self, io: &mut Io) -> Result<Option<Bytes>, BodyError> {
+    pub async fn next<S: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> Result<Option<Bytes>, BodyError> {
         loop {
             match self.poll_buffered(&mut io.rbuf)? {
                 Step::Data(b) => return Ok(Some(b)),
@@ -163,7 +169,11 @@ impl BodyReader {
 
     /// Reads the whole body into memory if it is at most `max` bytes
     /// (used to make small bodies replayable for retries and mirrors).
-    pub async fn read_all(&mut self, io: &mut Io, max: usize) -> Result<Bytes, BodyError> {
+    pub async fn read_all<S: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut Io<S>,
+        max: usize,
+    ) -> Result<Bytes, BodyError> {
         let mut out = BytesMut::new();
         while let Some(b) = self.next(io).await? {
             if out.len() + b.len() > max {
@@ -221,9 +231,9 @@ pub async fn write_piece<W: AsyncWriteRent>(
 /// Copies a body from `src` to `dst`. `out` holds bytes still to be written
 /// before the body (e.g. the head), so small messages go out in one write.
 /// Everything is flushed before returning Ok.
-pub async fn copy_body<W: AsyncWriteRent>(
+pub async fn copy_body<S: AsyncReadRent + AsyncWriteRent, W: AsyncWriteRent>(
     reader: &mut BodyReader,
-    src: &mut Io,
+    src: &mut Io<S>,
     dst: &mut W,
     framing: OutFraming,
     out: &mut BytesMut,

@@ -6,7 +6,7 @@ use std::io;
 
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, SliceMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 
 /// Bytes requested per read; also the unit a body streams in.
@@ -14,19 +14,27 @@ pub const READ_SIZE: usize = 64 * 1024;
 /// Reserve more space when less than this is free.
 const MIN_SPARE: usize = 4 * 1024;
 
-pub struct Io {
-    pub stream: TcpStream,
+/// What the server side can serve HTTP over: a TCP stream today, a TLS or
+/// HBONE stream later. `Split` (read and write may run concurrently) is
+/// needed for upgrade tunnels.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
+
+pub struct Io<S = TcpStream> {
+    pub stream: S,
     pub rbuf: BytesMut,
 }
 
-impl Io {
-    pub fn new(stream: TcpStream) -> Self {
+impl<S> Io<S> {
+    pub fn new(stream: S) -> Self {
         Self {
             stream,
             rbuf: BytesMut::new(),
         }
     }
+}
 
+impl<S: AsyncReadRent + AsyncWriteRent> Io<S> {
     /// Reads once, appending to `rbuf`. Ok(0) means the peer closed.
     /// If this future is dropped mid-read the buffered bytes are lost; callers
     /// only do that when they are about to close the connection.

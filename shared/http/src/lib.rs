@@ -105,6 +105,21 @@ impl HttpHandler {
     }
 }
 
+impl HttpHandler {
+    /// Serves HTTP/1.1 over any stream (e.g. TLS-terminated: `scheme` "https").
+    /// `port` is the listener port the connection arrived on.
+    pub fn serve_stream<S: io::ClientStream>(
+        self: Rc<Self>,
+        stream: S,
+        peer: std::net::SocketAddr,
+        port: u16,
+        drain: mesh_runtime::Drain,
+        scheme: &'static str,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        server::serve_stream(self, stream, peer, port, drain, scheme)
+    }
+}
+
 impl ConnectionHandler for HttpHandler {
     fn handle(self: Rc<Self>, conn: Accepted) -> impl std::future::Future<Output = ()> + 'static {
         server::serve(self, conn)

@@ -11,13 +11,15 @@ use mesh_runtime::{Accepted, Drain};
 
 use crate::codec::request::parse_request;
 use crate::codec::RequestHead;
-use crate::io::Io;
+use crate::io::{ClientStream, Io};
 use crate::proxy::{self, Outcome};
 use crate::{tunnel, HttpHandler};
 
 /// One downstream connection's state.
-pub(crate) struct Client {
-    pub io: Io,
+pub(crate) struct Client<S> {
+    pub io: Io<S>,
+    /// "http" or "https": x-forwarded-proto and the default redirect scheme.
+    pub scheme: &'static str,
     pub peer: SocketAddr,
     pub port: u16,
     pub drain: Drain,
@@ -28,13 +30,33 @@ pub(crate) struct Client {
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
-    handler.metrics.connection_opened();
     let _ = conn.stream.set_nodelay(true);
+    serve_stream(
+        handler,
+        conn.stream,
+        conn.peer,
+        conn.port,
+        conn.drain,
+        "http",
+    )
+    .await;
+}
+
+pub(crate) async fn serve_stream<S: ClientStream>(
+    handler: Rc<HttpHandler>,
+    stream: S,
+    peer: SocketAddr,
+    port: u16,
+    drain: Drain,
+    scheme: &'static str,
+) {
+    handler.metrics.connection_opened();
     let mut client = Client {
-        io: Io::new(conn.stream),
-        peer: conn.peer,
-        port: conn.port,
-        drain: conn.drain,
+        io: Io::new(stream),
+        scheme,
+        peer,
+        port,
+        drain,
         wbuf: BytesMut::with_capacity(4096),
         scratch: BytesMut::new(),
     };
@@ -58,7 +80,11 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
 
 /// Waits for the next request head. None: close the connection (peer gone,
 /// idle timeout, drain, or an error response was already sent).
-async fn read_head(handler: &HttpHandler, client: &mut Client, first: bool) -> Option<RequestHead> {
+async fn read_head<S: ClientStream>(
+    handler: &HttpHandler,
+    client: &mut Client<S>,
+    first: bool,
+) -> Option<RequestHead> {
     let opts = &handler.options;
     if client.io.rbuf.is_empty() {
         // Idle between requests: close quietly on timeout or drain.

@@ -5,9 +5,9 @@ use bytes::BytesMut;
 use monoio::buf::SliceMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
-use crate::io::{Io, READ_SIZE};
+use crate::io::{ClientStream, Io, READ_SIZE};
 
-pub(crate) async fn run(client: Io, upstream: Io) {
+pub(crate) async fn run<S: ClientStream>(client: Io<S>, upstream: Io) {
     let Io {
         stream: client_stream,
         rbuf: client_pending,

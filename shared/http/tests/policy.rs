@@ -511,3 +511,43 @@ fn metrics_count_requests_and_connections() {
     assert!(out.contains("istio_request_duration_milliseconds_count{response_code=\"200\""));
     assert_eq!(gw.metrics.connections_opened.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn scheme_of_the_stream_sets_forwarded_proto_and_redirect_default() {
+    let up = upstream();
+    let c = cluster("echo", vec![up.addr]);
+    let gw = Gateway::start_with_scheme(
+        move |port| {
+            let to_host = rule(
+                vec![],
+                vec![Filter::Redirect(Redirect {
+                    scheme: None,
+                    hostname: Some("example.org".into()),
+                    path: None,
+                    port: Some(443),
+                    status: 302,
+                })],
+            );
+            snapshot(
+                port,
+                vec![
+                    prefix("/redirect", to_host),
+                    prefix("/", rule(vec![backend(&c, 1)], vec![])),
+                ],
+                vec![],
+            )
+        },
+        quick_options(),
+        Some("https"),
+    );
+    let seen = get(&gw, "/x").text();
+    assert_eq!(
+        header_value(&seen, "x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    let r = get(&gw, "/redirect/y");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://example.org/redirect/y")
+    );
+}

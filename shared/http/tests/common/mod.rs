@@ -25,6 +25,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts one worker; `build` gets the listener port to key the snapshot with.
     pub fn start(build: impl FnOnce(u16) -> Snapshot, options: HttpOptions) -> Gateway {
+        Self::start_with_scheme(build, options, None)
+    }
+
+    /// `scheme`: serve through `HttpHandler::serve_stream` with this scheme
+    /// instead of the `ConnectionHandler` entry point.
+    pub fn start_with_scheme(
+        build: impl FnOnce(u16) -> Snapshot,
+        options: HttpOptions,
+        scheme: Option<&'static str>,
+    ) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let snapshots = new_handle(build(addr.port()));
@@ -44,6 +54,16 @@ impl Gateway {
                     let Ok((stream, peer)) = listener.accept().await else {
                         continue;
                     };
+                    if let Some(scheme) = scheme {
+                        monoio::spawn(handler.clone().serve_stream(
+                            stream,
+                            peer,
+                            addr.port(),
+                            d.clone(),
+                            scheme,
+                        ));
+                        continue;
+                    }
                     let conn = Accepted {
                         stream,
                         peer,
