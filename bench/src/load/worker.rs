@@ -396,7 +396,8 @@ impl RecvBuf {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             } else {
-                self.buf.reserve(self.buf.capacity());
+                // Also restores the buffer after a timed-out read took it away.
+                self.buf.reserve(self.buf.capacity().max(RECV_BUF));
             }
         }
         let len = self.buf.len();
@@ -477,6 +478,60 @@ mod tests {
             stats.sizes.max,
             header_len + "4\r\nabcd\r\n0\r\n\r\n".len() as u64
         );
+    }
+
+    #[test]
+    fn a_timed_out_request_does_not_break_the_next_ones() {
+        // The first connection never gets an answer; later ones do.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut first = true;
+            let mut keep = Vec::new();
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                if first {
+                    first = false;
+                    keep.push(c);
+                    continue;
+                }
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0
+                            || c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let plan = ThreadPlan {
+            protocol: Protocol::Http1,
+            addr,
+            request: Arc::new(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            head_request: false,
+            connection_indices: vec![0],
+            total_connections: 1,
+            qps: None,
+            start: Instant::now(),
+            deadline: None,
+            request_budget: Some(3),
+            new_connection_per_request: false,
+            timeout: Some(Duration::from_millis(200)),
+            counters: Arc::new(ThreadCounters::default()),
+        };
+        let stats = run_thread(plan).unwrap();
+        assert_eq!(
+            stats.errors.get(&ErrorKind::Timeout),
+            Some(&1),
+            "{:?}",
+            stats.errors
+        );
+        assert_eq!(stats.status_codes.get(&200), Some(&2), "{:?}", stats.errors);
+        assert_eq!(stats.connections_opened, 2);
     }
 
     #[test]
