@@ -51,7 +51,9 @@ fn h2_connect_stream_echoes_over_mtls() {
 
         let tcp = TcpStream::connect(addr).await.unwrap();
         let tls = connect(
-            client_tls.client_config(std::slice::from_ref(&server_id)).unwrap(),
+            client_tls
+                .client_config(std::slice::from_ref(&server_id))
+                .unwrap(),
             tcp,
         )
         .await
