@@ -458,7 +458,7 @@ fn concurrent_connections_echo_random_sized_writes() {
                         fill_pseudo_random(&mut seed, &mut buf[..n]);
                         sum.update(&buf[..n]);
                         w.write_all(&buf[..n]).await.unwrap();
-                        if seed % 3 == 0 {
+                        if seed.is_multiple_of(3) {
                             w.flush().await.unwrap();
                         }
                         left -= n;
