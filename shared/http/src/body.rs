@@ -138,10 +138,10 @@ impl BodyReader {
         io: &mut Io<S>,
     ) -> Result<(), BodyError> {
         let n = match self.idle_timeout {
-            Some(d) => monoio::time::timeout(d, io.fill())
+            Some(d) => monoio::time::timeout(d, io.fill_body())
                 .await
                 .map_err(|_| BodyError::Timeout)??,
-            None => io.fill().await?,
+            None => io.fill_body().await?,
         };
         if n == 0 {
             if self.kind == BodyKind::Eof {

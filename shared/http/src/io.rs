@@ -9,10 +9,13 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 
-/// Bytes requested per read; also the unit a body streams in.
+/// Bytes requested per body read: the unit a body streams in.
 pub const READ_SIZE: usize = 64 * 1024;
-/// Reserve more space when less than this is free.
-const MIN_SPARE: usize = 4 * 1024;
+/// Bytes requested when waiting for a head: small, because an idle
+/// keep-alive connection keeps this buffer pinned by its pending read.
+pub const HEAD_READ_SIZE: usize = 4 * 1024;
+/// Buffers bigger than this are given back when a connection goes idle.
+const IDLE_KEEP: usize = 16 * 1024;
 
 /// What the server side can serve HTTP over: a TCP stream today, a TLS or
 /// HBONE stream later. `Split` (read and write may run concurrently) is
@@ -32,6 +35,14 @@ impl<S> Io<S> {
             rbuf: BytesMut::new(),
         }
     }
+
+    /// Drops a large, empty read buffer before the connection idles (many idle
+    /// keep-alive connections must not each hold a body-sized buffer).
+    pub fn shrink_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_KEEP {
+            self.rbuf = BytesMut::new();
+        }
+    }
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> Io<S> {
@@ -39,7 +50,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Io<S> {
     /// If this future is dropped mid-read the buffered bytes are lost; callers
     /// only do that when they are about to close the connection.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        fill_from(&mut self.stream, &mut self.rbuf).await
+        fill_from(&mut self.stream, &mut self.rbuf, HEAD_READ_SIZE).await
+    }
+
+    /// A read sized for streaming a body.
+    pub async fn fill_body(&mut self) -> io::Result<usize> {
+        fill_from(&mut self.stream, &mut self.rbuf, READ_SIZE).await
     }
 
     pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> io::Result<T> {
@@ -48,9 +64,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Io<S> {
 }
 
 /// Reads once from `r`, appending to `rbuf` (see [`Io::fill`]).
-pub async fn fill_from<R: AsyncReadRent>(r: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
-    if rbuf.capacity() - rbuf.len() < MIN_SPARE {
-        rbuf.reserve(READ_SIZE);
+/// `want`: how much to make room for when the spare capacity is below a quarter of it.
+pub async fn fill_from<R: AsyncReadRent>(
+    r: &mut R,
+    rbuf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() < want / 4 {
+        rbuf.reserve(want);
     }
     let buf = std::mem::take(rbuf);
     let (len, cap) = (buf.len(), buf.capacity());

@@ -769,7 +769,7 @@ async fn read_response_head<R: AsyncReadRent>(
             Err(_) => return Err(AttemptError::BadResponse),
         }
         let any_bytes = !rbuf.is_empty();
-        match fill_from(r, rbuf).await {
+        match fill_from(r, rbuf, crate::io::HEAD_READ_SIZE).await {
             Ok(0) | Err(_) => return Err(AttemptError::Reset { any_bytes }),
             Ok(_) => {}
         }

@@ -87,6 +87,10 @@ async fn read_head<S: ClientStream>(
 ) -> Option<RequestHead> {
     let opts = &handler.options;
     if client.io.rbuf.is_empty() {
+        client.io.shrink_idle();
+        if client.wbuf.capacity() > 16 * 1024 {
+            client.wbuf = BytesMut::with_capacity(4096);
+        }
         // Idle between requests: close quietly on timeout or drain.
         let wait = if first {
             opts.request_header_timeout

@@ -61,6 +61,8 @@ impl Pool {
         if self.max_idle == 0 || !io.rbuf.is_empty() {
             return;
         }
+        let mut io = io;
+        io.shrink_idle();
         let mut idle = self.idle.borrow_mut();
         let puts = self.puts.get().wrapping_add(1);
         self.puts.set(puts);
