@@ -1,0 +1,183 @@
+//! Inbound HBONE (15008, inside the destination pod's namespace): mTLS with
+//! the pod's certificate (clients must present a mesh identity), then each
+//! CONNECT stream is checked — the authority must be this pod, the
+//! AuthorizationPolicy must allow the peer — and piped to the app, connected
+//! from the client's address when IP_TRANSPARENT allows it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_hbone::{
+    ConnectHandler, ConnectRequest, ConnectionInfo, Refusal, Server, ServerConfig, TunnelOutcome,
+};
+use mesh_registry::workloads::{AuthzDecision, ConnectionAttrs, WorkloadRegistry};
+use monoio::net::TcpStream;
+
+use crate::metrics::{AccessLog, ConnLabels};
+use crate::proxy::PodProxy;
+
+pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let tls = match mesh_tls::accept(proxy.tls.server_config(), stream).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::info!(pod = %proxy.workload.uid, %peer, error = %e, "HBONE TLS handshake refused");
+            return;
+        }
+    };
+    let identity: Arc<str> = tls.peer_identity().to_string().into();
+    proxy
+        .metrics
+        .hbone_connections_accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let server = Server::new(
+        ServerConfig::default(),
+        Inbound {
+            proxy: proxy.clone(),
+            peer,
+            streams: RefCell::new(HashMap::new()),
+        },
+    );
+    let info = ConnectionInfo {
+        peer_identity: Some(identity),
+        peer_addr: Some(peer),
+        local_addr: None,
+    };
+    if let Err(e) = server.serve(tls, info).await {
+        tracing::debug!(pod = %proxy.workload.uid, %peer, error = %e, "HBONE connection ended");
+    }
+}
+
+struct Inbound {
+    proxy: Rc<PodProxy>,
+    /// The TCP peer of the HBONE connection (in-pod mode: the source pod).
+    peer: SocketAddr,
+    /// Open streams by client address: start time and labels.
+    streams: RefCell<HashMap<Option<SocketAddr>, (Instant, ConnLabels)>>,
+}
+
+impl Inbound {
+    fn source_ip(&self, request: &ConnectRequest) -> IpAddr {
+        request.forwarded_for.map_or(self.peer.ip(), |f| f.ip())
+    }
+
+    fn labels(
+        &self,
+        registry: &WorkloadRegistry,
+        request: &ConnectRequest,
+        flags: &'static str,
+    ) -> ConnLabels {
+        let source = registry.workload(self.source_ip(request));
+        let destination = &self.proxy.workload;
+        ConnLabels {
+            reporter: "destination",
+            source_workload: source.map(|w| w.name.clone()).unwrap_or_default(),
+            source_workload_namespace: source.map(|w| w.namespace.clone()).unwrap_or_default(),
+            source_principal: request.peer_identity.as_deref().unwrap_or("").to_string(),
+            destination_workload: destination.name.clone(),
+            destination_workload_namespace: destination.namespace.clone(),
+            destination_principal: destination.identity.clone(),
+            destination_service: String::new(),
+            connection_security_policy: "mutual_tls",
+            response_flags: flags,
+        }
+    }
+
+    fn refuse(&self, request: &ConnectRequest, labels: ConnLabels, refusal: Refusal) -> Refusal {
+        self.proxy.metrics.opened(&labels);
+        self.proxy.metrics.closed(&labels, 0, 0);
+        AccessLog {
+            direction: "inbound",
+            labels: &labels,
+            source: request.forwarded_for.unwrap_or(self.peer),
+            destination: request.authority,
+            sent: 0,
+            received: 0,
+            duration: Default::default(),
+            error: Some(refusal.to_string()),
+        }
+        .emit();
+        refusal
+    }
+}
+
+impl ConnectHandler for Inbound {
+    type Upstream = TcpStream;
+
+    async fn connect(&self, request: &ConnectRequest) -> Result<TcpStream, Refusal> {
+        let start = Instant::now();
+        let registry = self.proxy.shared.registry.load();
+        if request.authority.ip() != self.proxy.workload.ip {
+            let labels = self.labels(&registry, request, "UNKNOWN_WORKLOAD");
+            return Err(self.refuse(
+                request,
+                labels,
+                Refusal::Unavailable(format!("{} is not this pod", request.authority.ip())),
+            ));
+        }
+        // Policy from the current registry: a config change applies to new streams.
+        let workload = registry
+            .workload(self.proxy.workload.ip)
+            .cloned()
+            .unwrap_or_else(|| self.proxy.workload.clone());
+        let attrs = ConnectionAttrs {
+            source_ip: self.source_ip(request),
+            source_identity: request.peer_identity.as_deref(),
+            destination_port: request.authority.port(),
+        };
+        if let AuthzDecision::Deny(reason) = registry.policies.authorize(&workload, &attrs) {
+            let labels = self.labels(&registry, request, "DENY");
+            return Err(self.refuse(request, labels, Refusal::Denied(reason)));
+        }
+        match self
+            .proxy
+            .connect_app(request.authority, self.source_ip(request))
+            .await
+        {
+            Ok(stream) => {
+                let labels = self.labels(&registry, request, "");
+                self.proxy.metrics.opened(&labels);
+                self.streams
+                    .borrow_mut()
+                    .insert(request.forwarded_for, (start, labels));
+                Ok(stream)
+            }
+            Err(e) => {
+                let labels = self.labels(&registry, request, "CONNECT");
+                Err(self.refuse(
+                    request,
+                    labels,
+                    Refusal::Unavailable(format!("cannot connect to the app: {e}")),
+                ))
+            }
+        }
+    }
+
+    fn finished(&self, request: &ConnectRequest, outcome: &TunnelOutcome) {
+        let TunnelOutcome::Piped(piped) = outcome else {
+            return;
+        };
+        let Some((start, labels)) = self.streams.borrow_mut().remove(&request.forwarded_for) else {
+            return;
+        };
+        // Into the tunnel = read from the app; out of it = written to the app.
+        self.proxy
+            .metrics
+            .closed(&labels, piped.out_of_tunnel, piped.into_tunnel);
+        AccessLog {
+            direction: "inbound",
+            labels: &labels,
+            source: request.forwarded_for.unwrap_or(self.peer),
+            destination: request.authority,
+            sent: piped.out_of_tunnel,
+            received: piped.into_tunnel,
+            duration: start.elapsed(),
+            error: piped.result.as_ref().err().map(|e| e.to_string()),
+        }
+        .emit();
+    }
+}

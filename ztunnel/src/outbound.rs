@@ -1,0 +1,205 @@
+//! Outbound (15001): a connection the pod's app made, redirected here by the
+//! pod's capture rules. SO_ORIGINAL_DST says where it was going:
+//! - a Service VIP: pick a ready endpoint (round robin);
+//! - an endpoint (or a pod IP dialled directly) that is a captured workload:
+//!   HBONE to `endpointIP:15008` with `:authority endpointIP:targetPort`;
+//! - anything else: plain TCP passthrough from inside the pod.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use mesh_hbone::{PoolKey, TunnelRequest};
+use mesh_registry::workloads::{MeshService, Workload};
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+
+use crate::copy;
+use crate::metrics::{AccessLog, ConnLabels};
+use crate::proxy::{PodProxy, HBONE_PORT};
+use crate::sockets;
+
+pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let original = match sockets::original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(pod = %proxy.workload.uid, error = %e, "outbound connection without an original destination; closing");
+            return;
+        }
+    };
+    let registry = proxy.shared.registry.load();
+    let service = registry.service(original).cloned();
+    let target = match &service {
+        Some(svc) if svc.endpoints.is_empty() => {
+            let labels = labels(&proxy, None, Some(svc), "none", "NO_HEALTHY_UPSTREAM");
+            refused(
+                &proxy,
+                &labels,
+                peer,
+                original,
+                start,
+                "service has no ready endpoint",
+            );
+            return;
+        }
+        Some(svc) => {
+            let i = proxy.next_endpoint.get();
+            proxy.next_endpoint.set(i.wrapping_add(1));
+            svc.endpoints[i % svc.endpoints.len()]
+        }
+        None => original,
+    };
+    let destination = registry
+        .workload(target.ip())
+        .filter(|w| w.is_captured())
+        .cloned();
+    drop(registry);
+    match destination {
+        Some(workload) => {
+            hbone(
+                &proxy,
+                stream,
+                peer,
+                target,
+                &workload,
+                service.as_deref(),
+                start,
+            )
+            .await
+        }
+        None => passthrough(&proxy, stream, peer, target, service.as_deref(), start).await,
+    }
+}
+
+async fn hbone(
+    proxy: &PodProxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    destination: &Workload,
+    service: Option<&MeshService>,
+    start: Instant,
+) {
+    let key = PoolKey::new(
+        Some(proxy.workload.identity.as_str().into()),
+        Some(destination.identity.as_str().into()),
+        SocketAddr::new(target.ip(), HBONE_PORT),
+    );
+    let mut request = TunnelRequest::new(key, target);
+    request.forwarded_for = Some(peer);
+    match proxy.pool.connect(&request).await {
+        Ok(tunnel) => {
+            let labels = labels(proxy, Some(destination), service, "mutual_tls", "");
+            proxy.metrics.opened(&labels);
+            let (read, write) = stream.into_split();
+            let outcome = tunnel.pipe(read, write).await;
+            proxy
+                .metrics
+                .closed(&labels, outcome.into_tunnel, outcome.out_of_tunnel);
+            AccessLog {
+                direction: "outbound",
+                labels: &labels,
+                source: peer,
+                destination: target,
+                sent: outcome.into_tunnel,
+                received: outcome.out_of_tunnel,
+                duration: start.elapsed(),
+                error: outcome.result.err().map(|e| e.to_string()),
+            }
+            .emit();
+        }
+        Err(e) => {
+            let flags = match e.status().map(|s| s.as_u16()) {
+                Some(401) => "DENY",
+                Some(503) => "UPSTREAM_FAILURE",
+                _ => "CONNECT",
+            };
+            let labels = labels(proxy, Some(destination), service, "mutual_tls", flags);
+            refused(proxy, &labels, peer, target, start, &e.to_string());
+        }
+    }
+}
+
+async fn passthrough(
+    proxy: &PodProxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    service: Option<&MeshService>,
+    start: Instant,
+) {
+    match sockets::connect_in(&proxy.netns, proxy.upstream(target, None)).await {
+        Ok(upstream) => {
+            let labels = labels(proxy, None, service, "none", "");
+            proxy.metrics.opened(&labels);
+            let copied = copy::bidirectional(stream, upstream).await;
+            proxy.metrics.closed(&labels, copied.a_to_b, copied.b_to_a);
+            AccessLog {
+                direction: "outbound",
+                labels: &labels,
+                source: peer,
+                destination: target,
+                sent: copied.a_to_b,
+                received: copied.b_to_a,
+                duration: start.elapsed(),
+                error: copied.error.map(|e| e.to_string()),
+            }
+            .emit();
+        }
+        Err(e) => {
+            let labels = labels(proxy, None, service, "none", "CONNECT");
+            refused(proxy, &labels, peer, target, start, &e.to_string());
+        }
+    }
+}
+
+fn refused(
+    proxy: &PodProxy,
+    labels: &ConnLabels,
+    peer: SocketAddr,
+    target: SocketAddr,
+    start: Instant,
+    error: &str,
+) {
+    proxy.metrics.opened(labels);
+    proxy.metrics.closed(labels, 0, 0);
+    AccessLog {
+        direction: "outbound",
+        labels,
+        source: peer,
+        destination: target,
+        sent: 0,
+        received: 0,
+        duration: start.elapsed(),
+        error: Some(error.to_string()),
+    }
+    .emit();
+}
+
+fn labels(
+    proxy: &PodProxy,
+    destination: Option<&Workload>,
+    service: Option<&MeshService>,
+    security: &'static str,
+    flags: &'static str,
+) -> ConnLabels {
+    let source = &proxy.workload;
+    ConnLabels {
+        reporter: "source",
+        source_workload: source.name.clone(),
+        source_workload_namespace: source.namespace.clone(),
+        source_principal: source.identity.clone(),
+        destination_workload: destination.map(|w| w.name.clone()).unwrap_or_default(),
+        destination_workload_namespace: destination
+            .map(|w| w.namespace.clone())
+            .unwrap_or_default(),
+        destination_principal: destination.map(|w| w.identity.clone()).unwrap_or_default(),
+        destination_service: service
+            .map(|s| format!("{}.{}.svc.cluster.local", s.name, s.namespace))
+            .unwrap_or_default(),
+        connection_security_policy: security,
+        response_flags: flags,
+    }
+}
