@@ -478,3 +478,118 @@ fn tunnel_works_as_a_monoio_byte_stream() {
         assert_eq!(pool.connection_count(), 1);
     });
 }
+
+#[test]
+fn keepalive_closes_a_connection_whose_peer_stopped_answering() {
+    run(async {
+        // A server that answers one CONNECT and then stops reading its
+        // connection (a hung peer): PINGs go unanswered.
+        let (listener, hbone) = listener();
+        let stop = Rc::new(Gate::default());
+        let stop_server = stop.clone();
+        monoio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp.into_poll_io().unwrap())
+                .await
+                .unwrap();
+            let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+            let _send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            // Flush the response, then hang without closing anything.
+            monoio::select! {
+                _ = conn.accept() => {}
+                _ = stop_server.wait() => {}
+            }
+            std::future::pending::<()>().await;
+        });
+        let mut config = ClientConfig::default();
+        config.h2.keepalive_interval = Some(Duration::from_millis(50));
+        config.h2.keepalive_timeout = Duration::from_millis(200);
+        let pool = Pool::new(config, TcpConnector);
+        let mut tunnel = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), closed_port()))
+            .await
+            .unwrap();
+        assert_eq!(pool.connection_count(), 1);
+        stop.open();
+        let ended = within("keepalive failure", tunnel.recv()).await;
+        assert!(
+            matches!(ended, Some(Err(_))),
+            "the tunnel fails with its connection: {ended:?}"
+        );
+        assert_eq!(
+            pool.connection_count(),
+            0,
+            "the dead connection left the pool"
+        );
+    });
+}
+
+#[test]
+fn garbage_instead_of_http2_closes_the_connection_cleanly() {
+    run(async {
+        let server = new_server(ServerConfig::default());
+        let handle = server.borrow().clone();
+        let hbone = spawn_hbone_server(server);
+        let mut tcp = TcpStream::connect(hbone).await.unwrap();
+        let (res, _) = tcp
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())
+            .await;
+        res.unwrap();
+        // The server answers (at most) a GOAWAY and closes: we read to EOF.
+        within("server closes", async {
+            loop {
+                let (res, _) = tcp.read(vec![0u8; 4096]).await;
+                match res {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        within("connection released", handle.wait_idle()).await;
+        assert!(handle.handler().seen.borrow().is_empty());
+    });
+}
+
+#[test]
+fn dropping_a_tunnel_mid_transfer_resets_it_and_frees_the_upstream() {
+    run(async {
+        let server = new_server(ServerConfig::default());
+        let handle = server.borrow().clone();
+        let hbone = spawn_hbone_server(server);
+        // Waits for EOF before answering: the upstream stays idle meanwhile.
+        let upstream = spawn_reply_after_eof();
+        let pool = Pool::new(ClientConfig::default(), TcpConnector);
+        let mut tunnel = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), upstream))
+            .await
+            .unwrap();
+        tunnel
+            .send(Bytes::from_static(b"partial request"))
+            .await
+            .unwrap();
+        drop(tunnel); // RST_STREAM(CANCEL), not END_STREAM
+        within("server pipe ends", async {
+            while handle.handler().finished.get() == 0 {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(
+            handle.handler().failed.get(),
+            1,
+            "a reset is an error, not a clean end"
+        );
+        assert_eq!(handle.streams(), 0);
+        // The connection itself is unharmed.
+        assert_eq!(pool.connection_count(), 1);
+        let mut again = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), upstream))
+            .await
+            .unwrap();
+        again.finish().unwrap();
+        assert_eq!(collect(&mut again).await, b"got 0 bytes");
+    });
+}

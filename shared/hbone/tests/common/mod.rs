@@ -100,6 +100,8 @@ pub fn spawn_reply_after_eof() -> SocketAddr {
 pub struct Upstreams {
     pub seen: RefCell<Vec<ConnectRequest>>,
     pub finished: Cell<usize>,
+    /// Tunnels whose pipe ended with an error.
+    pub failed: Cell<usize>,
 }
 
 pub const DENY_PORT: u16 = 1;
@@ -111,6 +113,7 @@ impl Upstreams {
         Self {
             seen: RefCell::new(Vec::new()),
             finished: Cell::new(0),
+            failed: Cell::new(0),
         }
     }
 }
@@ -131,8 +134,13 @@ impl ConnectHandler for Upstreams {
             .map_err(|err| Refusal::Unavailable(format!("upstream connect: {err}")))
     }
 
-    fn finished(&self, _request: &ConnectRequest, _outcome: &mesh_hbone::TunnelOutcome) {
+    fn finished(&self, _request: &ConnectRequest, outcome: &mesh_hbone::TunnelOutcome) {
         self.finished.set(self.finished.get() + 1);
+        if let mesh_hbone::TunnelOutcome::Piped(piped) = outcome {
+            if piped.result.is_err() {
+                self.failed.set(self.failed.get() + 1);
+            }
+        }
     }
 }
 
