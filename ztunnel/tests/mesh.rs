@@ -89,6 +89,13 @@ spec:
   rules: [{from: [{source: {principals: [cluster.local/ns/apps/sa/sa-a]}}]}]
 "#;
 
+const STRICT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: apps}
+spec: {mtls: {mode: STRICT}}
+"#;
+
 /// Echo server: echoes until EOF, then half-closes; records client addresses.
 fn spawn_echo(pod: &Pod, port: u16) -> Arc<Mutex<Vec<SocketAddr>>> {
     let peers = Arc::new(Mutex::new(Vec::new()));
@@ -362,6 +369,30 @@ fn mesh_topology_inside() {
     let last = *peers_b.lock().unwrap().last().unwrap();
     assert_eq!(last.ip().to_string(), POD_C.ip);
     eprintln!("ok: inbound plaintext from outside the mesh");
+
+    // 9b. PeerAuthentication STRICT refuses plaintext; HBONE still works.
+    write_config(&cfg2, &config("sa-b", STRICT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exchange(&POD_C, "10.0.0.3:8080", b"ping".to_vec()).is_ok_and(|r| r == b"ping") {
+        assert!(Instant::now() < deadline, "STRICT never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_echo(&POD_A, VIP, Duration::from_secs(5));
+    let m2 = z2.metrics();
+    assert!(
+        metric_sum(
+            &m2,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("connection_security_policy", "none"),
+                ("response_flags", "DENY")
+            ]
+        ) >= 1,
+        "{m2}"
+    );
+    write_config(&cfg2, &config("sa-b", ""));
+    wait_echo(&POD_C, "10.0.0.3:8080", Duration::from_secs(10));
+    eprintln!("ok: PeerAuthentication STRICT refuses plaintext, not HBONE");
 
     // 10. Restart node2's ztunnel: new connections succeed within 2 s.
     z2.kill();
