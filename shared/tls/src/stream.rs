@@ -12,7 +12,7 @@
 //! - the rustls connection stays reachable (`peer_certificates()`, ALPN, identity).
 
 use std::future::poll_fn;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -327,15 +327,28 @@ impl AsyncRead for TlsStream {
             return Poll::Ready(Ok(()));
         }
         loop {
-            match this.conn.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    // n == 0: the peer sent close_notify (clean EOF).
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            // Copy decrypted plaintext straight into the caller's buffer (no zeroing of its
+            // spare capacity first: h2 reads into large uninitialised buffers).
+            let mut reader = this.conn.reader();
+            let mut copied = false;
+            loop {
+                match reader.fill_buf() {
+                    // Empty: the peer sent close_notify (clean EOF).
+                    Ok([]) => return Poll::Ready(Ok(())),
+                    Ok(chunk) => {
+                        let n = chunk.len().min(buf.remaining());
+                        buf.put_slice(&chunk[..n]);
+                        reader.consume(n);
+                        copied = true;
+                        if buf.remaining() == 0 {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    Err(_) if copied => return Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // UnexpectedEof: TCP closed without close_notify (possible truncation).
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // UnexpectedEof: TCP closed without close_notify (possible truncation).
-                Err(e) => return Poll::Ready(Err(e)),
             }
             match this.feed_rustls(cx) {
                 Ok(true) => {}
