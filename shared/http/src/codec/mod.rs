@@ -56,9 +56,15 @@ pub(crate) struct HeaderSpan {
     pub value: (usize, usize),
 }
 
+/// Where `part` (a slice httparse returned) lies inside `base`. httparse may
+/// hand back a static empty slice (e.g. an empty reason phrase), which lies
+/// elsewhere: any slice outside `base` maps to the empty span.
 pub(crate) fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start, start + part.len())
+    let (b, p) = (base.as_ptr() as usize, part.as_ptr() as usize);
+    if p < b || p + part.len() > b + base.len() {
+        return (0, 0);
+    }
+    (p - b, p - b + part.len())
 }
 
 pub(crate) fn spans(base: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<HeaderSpan> {
@@ -157,5 +163,42 @@ mod tests {
     fn tokens_are_case_insensitive() {
         assert!(has_token(b"keep-alive, Upgrade", "upgrade"));
         assert!(!has_token(b"keep-alive", "close"));
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use bytes::BytesMut;
+    use rand::{Rng, SeedableRng};
+
+    /// Random and mutated input never panics a parser.
+    #[test]
+    fn parsers_survive_random_input() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+        let seeds: [&[u8]; 3] = [
+            b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET http://[::1]:80/x HTTP/1.0\r\nConnection: keep-alive, upgrade\r\nUpgrade: ws\r\n\r\n",
+        ];
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..input.len());
+                match rng.random_range(0..3) {
+                    0 => input[at] = rng.random(),
+                    1 => input.insert(at, rng.random()),
+                    _ => {
+                        input.remove(at);
+                    }
+                }
+            }
+            let mut b = BytesMut::from(&input[..]);
+            if let Ok(Some(_)) = super::request::parse_request(&mut b, 1024) {
+                let mut d = super::chunked::ChunkedDecoder::default();
+                while let Ok(super::chunked::Decoded::Data(_)) = d.decode(&mut b) {}
+            }
+            let mut b = BytesMut::from(&input[..]);
+            let _ = super::response::parse_response(&mut b, 1024, i % 2 == 0);
+        }
     }
 }

@@ -130,6 +130,16 @@ mod tests {
     }
 
     #[test]
+    fn missing_reason_phrase_is_fine() {
+        for raw in ["HTTP/1.1 204\r\n\r\n", "HTTP/1.1 204 \r\n\r\n"] {
+            let mut b = BytesMut::from(raw);
+            let r = parse_response(&mut b, 1024, false).unwrap().unwrap();
+            assert_eq!(r.status, 204);
+            assert_eq!(&r.reason[..], b"No Content");
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         let mut b = BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n");
         assert!(parse_response(&mut b, 1024, false).is_err());

@@ -16,10 +16,14 @@ pub fn origin_allowed(policy: &CorsPolicy, origin: &str) -> bool {
         match pattern.split_once('*') {
             None => pattern.eq_ignore_ascii_case(origin),
             Some((prefix, suffix)) => {
-                origin.len() > prefix.len() + suffix.len()
-                    && origin[..prefix.len()].eq_ignore_ascii_case(prefix)
-                    && origin[origin.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && !origin[prefix.len()..origin.len() - suffix.len()].contains(['/', ':'])
+                // Bytes, not str slices: a non-ASCII Origin must not split a char.
+                let (o, p, s) = (origin.as_bytes(), prefix.as_bytes(), suffix.as_bytes());
+                o.len() > p.len() + s.len()
+                    && o[..p.len()].eq_ignore_ascii_case(p)
+                    && o[o.len() - s.len()..].eq_ignore_ascii_case(s)
+                    && !o[p.len()..o.len() - s.len()]
+                        .iter()
+                        .any(|b| *b == b'/' || *b == b':')
             }
         }
     })
@@ -165,6 +169,11 @@ mod tests {
         assert!(!origin_allowed(&p, "https://bar.com"));
         assert!(!origin_allowed(&p, "https://foobar.com"));
         assert!(!origin_allowed(&p, "http://www.bar.com"));
+        assert!(
+            !origin_allowed(&p, "httpsé://x.bar.com"),
+            "non-ASCII must not panic"
+        );
+        assert!(!origin_allowed(&p, "é"));
     }
 
     #[test]
