@@ -217,6 +217,26 @@ impl HboneTls {
         Ok(client)
     }
 
+    /// Client handshake over `tcp`: the server must present one of `expected`.
+    pub async fn connect(
+        &self,
+        tcp: monoio::net::TcpStream,
+        expected: &[Identity],
+    ) -> Result<crate::TlsStream, crate::TlsError> {
+        let config = self
+            .client_config(expected)
+            .map_err(|e| crate::TlsError::Config(e.to_string()))?;
+        crate::stream::connect(config, tcp).await
+    }
+
+    /// Server handshake over `tcp`: the client must present an identity of our trust domain.
+    pub async fn accept(
+        &self,
+        tcp: monoio::net::TcpStream,
+    ) -> Result<crate::TlsStream, crate::TlsError> {
+        crate::stream::accept(self.server_config(), tcp).await
+    }
+
     pub fn cert_store(&self) -> &CertStore {
         &self.certs
     }

@@ -46,6 +46,8 @@ pub enum TlsError {
     NoAlpnH2,
     #[error("peer identity: {0}")]
     PeerIdentity(#[from] crate::identity::IdentityError),
+    #[error("TLS configuration: {0}")]
+    Config(String),
     #[error("cannot use the TCP stream in poll mode: {0}")]
     PollIo(io::Error),
 }

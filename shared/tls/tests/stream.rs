@@ -22,7 +22,7 @@ fn listener() -> (TcpListener, SocketAddr) {
 /// Accepts one TCP connection and runs the TLS server handshake on it.
 async fn serve_one(listener: &TcpListener, tls: &HboneTls) -> Result<TlsStream, TlsError> {
     let (tcp, _) = listener.accept().await.unwrap();
-    accept(tls.server_config(), tcp).await
+    tls.accept(tcp).await
 }
 
 async fn dial(
@@ -31,7 +31,7 @@ async fn dial(
     expected: &[Identity],
 ) -> Result<TlsStream, TlsError> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    connect(tls.client_config(expected).unwrap(), tcp).await
+    tls.connect(tcp, expected).await
 }
 
 struct Mesh {
