@@ -124,6 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // One certificate per identity (pods sharing a service account share it).
     let mut tls_by_identity: HashMap<String, Arc<HboneTls>> = HashMap::new();
+    let mut renewals = Vec::new();
     let mut pods = Vec::new();
     for workload in registry.captured_on_node(&args.node) {
         let netns_path = workload.netns.clone().expect("captured pods have a netns");
@@ -144,6 +145,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let cert = ca.issue_workload_cert(&identity)?;
                 let tls = Arc::new(HboneTls::from_workload_cert(ca.root_pem(), &cert)?);
                 tls_by_identity.insert(workload.identity.clone(), tls.clone());
+                renewals.push((cert, tls.clone()));
                 tls
             }
         };
@@ -154,6 +156,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     tracing::info!(node = %args.node, pods = pods.len(), "captured pods on this node");
+    spawn_renewal(ca, renewals)?;
 
     let options = RuntimeOptions {
         workers: args.workers.unwrap_or_else(mesh_runtime::default_workers),
@@ -199,6 +202,43 @@ fn run(args: Args) -> anyhow::Result<()> {
         proxy::start_worker(&shared, worker);
         NoPorts
     })
+}
+
+/// Renews each workload certificate at half-life. Rotation swaps the
+/// certificate new handshakes use; established connections keep theirs.
+fn spawn_renewal(
+    ca: CertificateAuthority,
+    mut certs: Vec<(mesh_tls::WorkloadCert, Arc<HboneTls>)>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("ztunnel-cert-renewal".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let now = std::time::SystemTime::now();
+            for (cert, tls) in certs.iter_mut() {
+                if !cert.should_renew(now) {
+                    continue;
+                }
+                let renewed = ca
+                    .issue_workload_cert(&cert.identity)
+                    .map_err(|e| e.to_string())
+                    .and_then(|new| {
+                        tls.cert_store().rotate(&new).map_err(|e| e.to_string())?;
+                        Ok(new)
+                    });
+                match renewed {
+                    Ok(new) => {
+                        tracing::info!(identity = %new.identity, "workload certificate renewed");
+                        *cert = new;
+                    }
+                    Err(e) => {
+                        tracing::error!(identity = %cert.identity, error = %e, "certificate renewal failed; retrying")
+                    }
+                }
+            }
+        })
+        .context("cannot start the certificate renewal thread")?;
+    Ok(())
 }
 
 /// The runtime's per-port handler: ztunnel has no runtime-managed ports.
