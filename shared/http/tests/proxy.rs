@@ -540,3 +540,26 @@ fn idle_connections_are_closed() {
     let mut buf = Vec::new();
     assert_eq!(silent.read_to_end(&mut buf).unwrap(), 0);
 }
+
+#[test]
+fn random_garbage_never_takes_the_worker_down() {
+    use rand::{Rng, SeedableRng};
+    let up = upstream();
+    let gw = simple(&up);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let seed = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    for _ in 0..150 {
+        let mut input = seed.to_vec();
+        for _ in 0..rng.random_range(1..8) {
+            let at = rng.random_range(0..input.len());
+            input[at] = rng.random();
+        }
+        let s = gw.connect();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = (&s).write_all(&input);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = (&s).read_to_end(&mut sink);
+    }
+    assert_healthy(&gw);
+}
