@@ -8,7 +8,8 @@
 //!   later callers wait for it instead of dialing too. A failed attempt fails
 //!   everyone who waited for it (they would have failed the same way).
 //! - Connections that errored, got GOAWAY, stopped answering PINGs or sat
-//!   idle past `idle_timeout` leave the pool; their open streams finish.
+//!   idle past `idle_timeout` leave the pool (a GOAWAY as soon as it is read);
+//!   their open streams finish.
 //!
 //! Not `Send`: each worker thread owns its pool, no locks on the hot path.
 
@@ -362,6 +363,15 @@ async fn run_connection<C: Connect>(inner: Rc<Inner<C>>, key: PoolKey, opening: 
         *connection.driver.borrow_mut() = Some(cx.waker().clone());
         if let Poll::Ready(result) = Pin::new(&mut conn).poll(cx) {
             return Poll::Ready(result.map_err(|err| err.to_string()));
+        }
+        // After a GOAWAY (or a connection error) h2 refuses new streams at
+        // once: leave the pool now rather than at the next caller's attempt.
+        // Open streams keep running on this driver.
+        if !connection.retired.get()
+            && matches!(connection.send.clone().poll_ready(cx), Poll::Ready(Err(_)))
+        {
+            tracing::debug!(id, destination = %key.destination, "HBONE connection going away");
+            retire(&inner, &key, &connection);
         }
         if let Some(keepalive) = keepalive.as_mut() {
             if let Poll::Ready(err) = keepalive.poll(cx) {

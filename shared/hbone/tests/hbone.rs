@@ -351,6 +351,11 @@ fn goaway_on_shutdown_lets_open_streams_finish_and_new_ones_use_a_new_connection
         // the GOAWAY on the connection, means the client has seen it).
         open.send(Bytes::from_static(b"after")).await.unwrap();
         assert_eq!(open.recv().await.unwrap().unwrap(), "after");
+        assert_eq!(
+            pool.connections_for(&key),
+            0,
+            "GOAWAY took the connection out of the pool"
+        );
 
         let mut fresh = pool
             .connect(&TunnelRequest::new(key.clone(), echo))
