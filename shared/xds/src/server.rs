@@ -1,0 +1,554 @@
+//! The controller side: a resource store per type URL and a Delta ADS service that pushes
+//! each connection only what changed since what that connection already has.
+//!
+//! Every connection remembers, per type URL, the version of each resource it has sent (or
+//! that the client declared in `initial_resource_versions`). A push is the difference between
+//! the store and that memory: new/changed resources plus `removed_resources`. A NACKed
+//! version stays remembered as sent, so it is not pushed again until the resource changes.
+
+use crate::{content_version, VersionedResource};
+use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use mesh_api::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+type TypeStore = BTreeMap<String, Arc<VersionedResource>>;
+type Store = HashMap<String, Arc<TypeStore>>;
+type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Changes published within this window reach connections as one push.
+    pub debounce: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters, in total and per node id. Tests and benchmarks assert on them (for example:
+/// a reconnect after a controller restart sends only the changed resources).
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    responses: AtomicU64,
+    resources_sent: AtomicU64,
+    removed_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_active: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// DeltaDiscoveryResponse messages sent.
+    pub responses: u64,
+    /// Resources (added or updated) carried by those messages.
+    pub resources_sent: u64,
+    /// Names carried in `removed_resources`.
+    pub removed_sent: u64,
+    /// Encoded size of the responses (protobuf bytes, before gRPC framing).
+    pub bytes_sent: u64,
+    pub acks: u64,
+    pub nacks: u64,
+    pub connections_accepted: u64,
+    pub connections_active: u64,
+}
+
+/// A client rejected a push: what, from whom, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NackReport {
+    pub node_id: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub message: String,
+    /// The resources (name, version) the rejected response carried.
+    pub resources: Vec<(String, String)>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    store: Mutex<Arc<Store>>,
+    generation: watch::Sender<u64>,
+    closing: watch::Sender<bool>,
+    stats: ServerStats,
+    per_node: Mutex<HashMap<String, StatsSnapshot>>,
+    nacks: Mutex<Vec<NackReport>>,
+}
+
+/// The Delta ADS server. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct XdsServer {
+    inner: Arc<Inner>,
+}
+
+/// Changes applied together and published as one generation.
+pub struct UpdateBatch<'a> {
+    store: &'a mut Store,
+    changed: bool,
+}
+
+impl UpdateBatch<'_> {
+    /// Adds or replaces a resource; returns whether its content changed.
+    pub fn set(
+        &mut self,
+        type_url: &str,
+        name: impl Into<String>,
+        resource: prost_types::Any,
+    ) -> bool {
+        let version = content_version(&resource);
+        let name = name.into();
+        let resources = self.store.entry(type_url.to_string()).or_default();
+        if resources.get(&name).is_some_and(|r| r.version == version) {
+            return false;
+        }
+        Arc::make_mut(resources).insert(name, Arc::new(VersionedResource { version, resource }));
+        self.changed = true;
+        true
+    }
+
+    /// Removes a resource; returns whether it existed.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        let Some(resources) = self.store.get_mut(type_url) else {
+            return false;
+        };
+        if !resources.contains_key(name) {
+            return false;
+        }
+        Arc::make_mut(resources).remove(name);
+        self.changed = true;
+        true
+    }
+
+    /// Makes `resources` the whole set for `type_url`: sets each, removes every other name.
+    /// This is how a controller publishes a fresh translation; unchanged ones cost nothing.
+    pub fn replace_type(
+        &mut self,
+        type_url: &str,
+        resources: impl IntoIterator<Item = (String, prost_types::Any)>,
+    ) {
+        let mut keep = HashSet::new();
+        for (name, resource) in resources {
+            keep.insert(name.clone());
+            self.set(type_url, name, resource);
+        }
+        let stale: Vec<String> = self
+            .store
+            .get(type_url)
+            .map(|r| r.keys().filter(|n| !keep.contains(*n)).cloned().collect())
+            .unwrap_or_default();
+        for name in stale {
+            self.remove(type_url, &name);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl XdsServer {
+    pub fn new(config: ServerConfig) -> Self {
+        XdsServer {
+            inner: Arc::new(Inner {
+                config,
+                store: Mutex::new(Arc::new(Store::new())),
+                generation: watch::Sender::new(0),
+                closing: watch::Sender::new(false),
+                stats: ServerStats::default(),
+                per_node: Mutex::new(HashMap::new()),
+                nacks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Applies a batch of changes and, if anything changed, publishes them (debounced).
+    pub fn update<R>(&self, apply: impl FnOnce(&mut UpdateBatch<'_>) -> R) -> R {
+        let mut guard = lock(&self.inner.store);
+        let mut store: Store = (**guard).clone();
+        let mut batch = UpdateBatch {
+            store: &mut store,
+            changed: false,
+        };
+        let result = apply(&mut batch);
+        if batch.changed {
+            *guard = Arc::new(store);
+            drop(guard);
+            self.inner.generation.send_modify(|g| *g += 1);
+        }
+        result
+    }
+
+    pub fn set(&self, type_url: &str, name: impl Into<String>, resource: prost_types::Any) -> bool {
+        self.update(|b| b.set(type_url, name, resource))
+    }
+
+    pub fn remove(&self, type_url: &str, name: &str) -> bool {
+        self.update(|b| b.remove(type_url, name))
+    }
+
+    /// The stored resource, if any.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<VersionedResource> {
+        let store = lock(&self.inner.store).clone();
+        store.get(type_url)?.get(name).map(|r| (**r).clone())
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        StatsSnapshot {
+            responses: s.responses.load(Ordering::Relaxed),
+            resources_sent: s.resources_sent.load(Ordering::Relaxed),
+            removed_sent: s.removed_sent.load(Ordering::Relaxed),
+            bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            acks: s.acks.load(Ordering::Relaxed),
+            nacks: s.nacks.load(Ordering::Relaxed),
+            connections_accepted: s.connections_accepted.load(Ordering::Relaxed),
+            connections_active: s.connections_active.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counters of the connections that announced this node id (summed over reconnects).
+    pub fn node_stats(&self, node_id: &str) -> Option<StatsSnapshot> {
+        lock(&self.inner.per_node).get(node_id).copied()
+    }
+
+    /// Every NACK received so far, oldest first.
+    pub fn nacks(&self) -> Vec<NackReport> {
+        lock(&self.inner.nacks).clone()
+    }
+
+    /// The tonic service, to mount next to others (the CA) on one server.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    /// Ends every open stream with UNAVAILABLE so clients reconnect elsewhere or later.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Serves plaintext gRPC on `listener` until `shutdown` completes, then closes the
+    /// streams (long-lived ADS streams would otherwise hold a graceful shutdown forever).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let closer = self.clone();
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.await;
+                closer.close_streams();
+            })
+            .await
+    }
+
+    fn count_send(&self, node_id: &str, resources: u64, removed: u64, bytes: u64) {
+        let s = &self.inner.stats;
+        s.responses.fetch_add(1, Ordering::Relaxed);
+        s.resources_sent.fetch_add(resources, Ordering::Relaxed);
+        s.removed_sent.fetch_add(removed, Ordering::Relaxed);
+        s.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        let mut per_node = lock(&self.inner.per_node);
+        let n = per_node.entry(node_id.to_string()).or_default();
+        n.responses += 1;
+        n.resources_sent += resources;
+        n.removed_sent += removed;
+        n.bytes_sent += bytes;
+    }
+
+    fn count_reply(&self, node_id: &str, nack: bool) {
+        let counter = if nack {
+            &self.inner.stats.nacks
+        } else {
+            &self.inner.stats.acks
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut per_node = lock(&self.inner.per_node);
+        let n = per_node.entry(node_id.to_string()).or_default();
+        if nack {
+            n.nacks += 1;
+        } else {
+            n.acks += 1;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let stats = &self.inner.stats;
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        let server = self.clone();
+        let requests = request.into_inner();
+        tokio::spawn(async move {
+            Connection::new(server.clone(), tx).run(requests).await;
+            server
+                .inner
+                .stats
+                .connections_active
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What one connection subscribed to for one type URL and what it has been sent.
+#[derive(Default)]
+struct TypeWatch {
+    wildcard: bool,
+    names: HashSet<String>,
+    /// name -> version the client has (sent by us, or declared on reconnect).
+    sent: HashMap<String, String>,
+}
+
+impl TypeWatch {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+struct Connection {
+    server: XdsServer,
+    tx: ResponseSender,
+    node_id: String,
+    watches: BTreeMap<String, TypeWatch>,
+    /// nonce -> (type URL, resources it carried), until ACKed or NACKed.
+    inflight: HashMap<String, (String, Vec<(String, String)>)>,
+    next_nonce: u64,
+}
+
+impl Connection {
+    fn new(server: XdsServer, tx: ResponseSender) -> Self {
+        Connection {
+            server,
+            tx,
+            node_id: String::new(),
+            watches: BTreeMap::new(),
+            inflight: HashMap::new(),
+            next_nonce: 0,
+        }
+    }
+
+    async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
+        let inner = self.server.inner.clone();
+        let mut generation = inner.generation.subscribe();
+        generation.borrow_and_update();
+        let mut closing = inner.closing.subscribe();
+        if *closing.borrow_and_update() {
+            let _ = self
+                .tx
+                .send(Err(Status::unavailable("xDS server is shutting down")))
+                .await;
+            return;
+        }
+        let mut push_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => match self.handle_request(request) {
+                        Ok(Some(type_url)) => {
+                            if !self.push(&type_url).await {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(status) => {
+                            let _ = self.tx.send(Err(status)).await;
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(node = %self.node_id, %status, "xDS stream ended");
+                        return;
+                    }
+                },
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    generation.borrow_and_update();
+                    push_at.get_or_insert(Instant::now() + inner.config.debounce);
+                }
+                _ = tokio::time::sleep_until(push_at.unwrap_or_else(Instant::now)), if push_at.is_some() => {
+                    push_at = None;
+                    let types: Vec<String> = self.watches.keys().cloned().collect();
+                    for type_url in types {
+                        if !self.push(&type_url).await {
+                            return;
+                        }
+                    }
+                }
+                _ = closing.changed() => {
+                    let _ = self.tx.send(Err(Status::unavailable("xDS server is shutting down"))).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies a request; returns the type URL to push now if its subscription changed.
+    fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<Option<String>, Status> {
+        if self.node_id.is_empty() {
+            if let Some(node) = &request.node {
+                self.node_id = node.id.clone();
+            }
+        }
+        if request.type_url.is_empty() {
+            return Err(Status::invalid_argument(
+                "DeltaDiscoveryRequest without type_url",
+            ));
+        }
+        if !request.response_nonce.is_empty() {
+            // An unknown nonce is a reply to a response of an older stream state: ignore it.
+            if let Some((type_url, resources)) = self.inflight.remove(&request.response_nonce) {
+                match &request.error_detail {
+                    Some(error) => {
+                        tracing::warn!(
+                            node = %self.node_id, %type_url, nonce = %request.response_nonce,
+                            error = %error.message, "xDS push rejected (NACK)"
+                        );
+                        self.server.count_reply(&self.node_id, true);
+                        lock(&self.server.inner.nacks).push(NackReport {
+                            node_id: self.node_id.clone(),
+                            type_url,
+                            nonce: request.response_nonce.clone(),
+                            message: error.message.clone(),
+                            resources,
+                        });
+                    }
+                    None => self.server.count_reply(&self.node_id, false),
+                }
+            }
+        }
+        let first = !self.watches.contains_key(&request.type_url);
+        let watch = self.watches.entry(request.type_url.clone()).or_default();
+        let mut changed = first;
+        if first {
+            // Legacy wildcard: a first request that names nothing subscribes to everything.
+            watch.wildcard = request.resource_names_subscribe.is_empty();
+            watch.sent = request.initial_resource_versions.into_iter().collect();
+        }
+        for name in request.resource_names_subscribe {
+            changed = true;
+            if name == "*" {
+                watch.wildcard = true;
+            } else {
+                watch.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            changed = true;
+            if name == "*" {
+                watch.wildcard = false;
+            } else {
+                watch.names.remove(&name);
+            }
+        }
+        Ok(changed.then_some(request.type_url))
+    }
+
+    /// Sends what `type_url`'s store has that this connection lacks; false if the stream is gone.
+    async fn push(&mut self, type_url: &str) -> bool {
+        let store = lock(&self.server.inner.store).clone();
+        let empty = TypeStore::new();
+        let resources = store.get(type_url).map(|r| r.as_ref()).unwrap_or(&empty);
+        let Some(watch) = self.watches.get_mut(type_url) else {
+            return true;
+        };
+        // Forget what the client no longer wants: it drops those itself.
+        watch
+            .sent
+            .retain(|name, _| watch.wildcard || watch.names.contains(name));
+        let mut updated = Vec::new();
+        let mut consider = |name: &String, resource: &Arc<VersionedResource>| {
+            if watch.sent.get(name) != Some(&resource.version) {
+                updated.push((name.clone(), resource.clone()));
+            }
+        };
+        if watch.wildcard {
+            resources.iter().for_each(|(n, r)| consider(n, r));
+        } else {
+            for name in &watch.names {
+                if let Some(resource) = resources.get(name) {
+                    consider(name, resource);
+                }
+            }
+        }
+        let removed: Vec<String> = watch
+            .sent
+            .keys()
+            .filter(|name| !resources.contains_key(*name) && watch.wants(name))
+            .cloned()
+            .collect();
+        if updated.is_empty() && removed.is_empty() {
+            return true;
+        }
+        for name in &removed {
+            watch.sent.remove(name);
+        }
+        let mut carried = Vec::with_capacity(updated.len());
+        let mut response_resources = Vec::with_capacity(updated.len());
+        for (name, resource) in updated {
+            watch.sent.insert(name.clone(), resource.version.clone());
+            carried.push((name.clone(), resource.version.clone()));
+            response_resources.push(Resource {
+                version: resource.version.clone(),
+                resource: Some(resource.resource.clone()),
+                name,
+                aliases: Vec::new(),
+                ttl: None,
+            });
+        }
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: String::new(),
+            resources: response_resources,
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            removed_resources: removed,
+            control_plane: None,
+        };
+        self.server.count_send(
+            &self.node_id,
+            response.resources.len() as u64,
+            response.removed_resources.len() as u64,
+            response.encoded_len() as u64,
+        );
+        self.inflight.insert(nonce, (type_url.to_string(), carried));
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}
