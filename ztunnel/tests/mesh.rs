@@ -18,20 +18,24 @@ const ZTUNNEL: &str = env!("CARGO_BIN_EXE_ztunnel");
 
 const POD_A: Pod = Pod {
     name: "a",
-    ip: "10.0.0.2",
+    node: 1,
+    ip: "10.0.1.2",
     captured: true,
 };
 const POD_B: Pod = Pod {
     name: "b",
-    ip: "10.0.0.3",
+    node: 2,
+    ip: "10.0.2.2",
     captured: true,
 };
-/// Outside the mesh: not in the config, no capture rules.
+/// Outside the mesh (on node1): not in the config, no capture rules.
 const POD_C: Pod = Pod {
     name: "c",
-    ip: "10.0.0.4",
+    node: 1,
+    ip: "10.0.1.3",
     captured: false,
 };
+const B_APP: &str = "10.0.2.2:8080";
 const VIP: &str = "10.96.0.10:80";
 
 #[test]
@@ -54,7 +58,7 @@ metadata:
   labels: {{app: a}}
   annotations: {{ringmesh.io/netns: /run/netns/zt-a}}
 spec: {{nodeName: node1, serviceAccountName: sa-a, containers: []}}
-status: {{podIP: 10.0.0.2}}
+status: {{podIP: 10.0.1.2}}
 ---
 apiVersion: v1
 kind: Pod
@@ -64,7 +68,7 @@ metadata:
   labels: {{app: b}}
   annotations: {{ringmesh.io/netns: /run/netns/zt-b}}
 spec: {{nodeName: node2, serviceAccountName: {b_service_account}, containers: []}}
-status: {{podIP: 10.0.0.3}}
+status: {{podIP: 10.0.2.2}}
 ---
 apiVersion: v1
 kind: Service
@@ -235,11 +239,11 @@ fn mesh_topology_inside() {
 
     let peers_b = spawn_echo(&POD_B, 8080);
     let peers_c = spawn_echo(&POD_C, 9000);
-    let z1 = Ztunnel::start(ZTUNNEL, &cfg1, "node1", &ca, 15000);
-    let mut z2 = Ztunnel::start(ZTUNNEL, &cfg2, "node2", &ca, 16000);
+    let z1 = Ztunnel::start(ZTUNNEL, &cfg1, 1, &ca);
+    let mut z2 = Ztunnel::start(ZTUNNEL, &cfg2, 2, &ca);
 
     // 1. Outside the mesh: plain passthrough from the captured pod A.
-    wait_echo(&POD_A, "10.0.0.4:9000", Duration::from_secs(5));
+    wait_echo(&POD_A, "10.0.1.3:9000", Duration::from_secs(5));
     assert_eq!(
         peers_c.lock().unwrap().last().unwrap().ip().to_string(),
         POD_A.ip
@@ -365,7 +369,7 @@ fn mesh_topology_inside() {
     eprintln!("ok: wrong peer identity refused");
 
     // 9. Inbound plaintext (15006) from outside the mesh keeps the source.
-    wait_echo(&POD_C, "10.0.0.3:8080", Duration::from_secs(5));
+    wait_echo(&POD_C, B_APP, Duration::from_secs(5));
     let last = *peers_b.lock().unwrap().last().unwrap();
     assert_eq!(last.ip().to_string(), POD_C.ip);
     eprintln!("ok: inbound plaintext from outside the mesh");
@@ -373,7 +377,7 @@ fn mesh_topology_inside() {
     // 9b. PeerAuthentication STRICT refuses plaintext; HBONE still works.
     write_config(&cfg2, &config("sa-b", STRICT));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while exchange(&POD_C, "10.0.0.3:8080", b"ping".to_vec()).is_ok_and(|r| r == b"ping") {
+    while exchange(&POD_C, B_APP, b"ping".to_vec()).is_ok_and(|r| r == b"ping") {
         assert!(Instant::now() < deadline, "STRICT never applied");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -391,17 +395,12 @@ fn mesh_topology_inside() {
         "{m2}"
     );
     write_config(&cfg2, &config("sa-b", ""));
-    wait_echo(&POD_C, "10.0.0.3:8080", Duration::from_secs(10));
+    wait_echo(&POD_C, B_APP, Duration::from_secs(10));
     eprintln!("ok: PeerAuthentication STRICT refuses plaintext, not HBONE");
 
     // 10. Restart node2's ztunnel: new connections succeed within 2 s.
-    z2.kill();
     let restarted = Instant::now();
-    let child = std::process::Command::new(ZTUNNEL)
-        .args(&z2.args)
-        .spawn()
-        .expect("restart ztunnel");
-    z2.child = child;
+    z2.restart();
     let waited = wait_echo(&POD_A, VIP, Duration::from_secs(2));
     eprintln!(
         "ok: after restart, a new connection succeeded {:?} after start ({waited:?} polling)",

@@ -1,10 +1,11 @@
 //! The test topology, built inside a fresh user + network + mount namespace
 //! (`unshare -Urnm`, so it needs no privileges and vanishes with the
-//! process): a bridge `br0` (10.0.0.1/24) in the namespace's root standing
-//! for the wire between nodes, and one network namespace per pod joined to
-//! it by a veth pair. Captured pods get the capture rules istio-cni writes
-//! in in-pod mode. The ztunnels run in the root (each enters the pod
-//! namespaces its config names).
+//! process). Two "nodes" are network namespaces joined by a veth pair (the
+//! wire, 192.168.0.0/24) that route each other's pod CIDR; each node has a
+//! bridge for its pods (node1 10.0.1.0/24, node2 10.0.2.0/24); each pod is a
+//! network namespace on its node's bridge. Captured pods get the capture
+//! rules istio-cni writes in in-pod mode. One ztunnel per node runs inside
+//! the node's namespace and enters the pod namespaces its config names.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -79,6 +80,8 @@ pub fn sh(script: &str) {
 
 pub struct Pod {
     pub name: &'static str,
+    /// 1 or 2.
+    pub node: u8,
     pub ip: &'static str,
     pub captured: bool,
 }
@@ -89,25 +92,42 @@ impl Pod {
     }
 }
 
-/// Creates the bridge, the pods, and the capture rules of captured pods.
+pub fn node_netns(node: u8) -> PathBuf {
+    PathBuf::from(format!("/run/netns/zt-node{node}"))
+}
+
+/// Creates the two nodes, the pods, and the capture rules of captured pods.
 pub fn build(pods: &[Pod]) {
     sh("mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns
         echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad || true
         echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad || true
         ip link set lo up
-        ip link add br0 type bridge
-        ip addr add 10.0.0.1/24 dev br0
-        ip link set br0 up");
+        for n in 1 2; do
+          ip netns add zt-node$n
+          ip -n zt-node$n link set lo up
+          nsenter --net=/run/netns/zt-node$n sh -c 'echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; echo 1 > /proc/sys/net/ipv4/ip_forward'
+          ip -n zt-node$n link add br0 type bridge
+          ip -n zt-node$n addr add 10.0.$n.1/24 dev br0
+          ip -n zt-node$n link set br0 up
+        done
+        ip link add wire1 netns zt-node1 type veth peer name wire2 netns zt-node2
+        ip -n zt-node1 addr add 192.168.0.1/24 dev wire1
+        ip -n zt-node2 addr add 192.168.0.2/24 dev wire2
+        ip -n zt-node1 link set wire1 up
+        ip -n zt-node2 link set wire2 up
+        ip -n zt-node1 route add 10.0.2.0/24 via 192.168.0.2
+        ip -n zt-node2 route add 10.0.1.0/24 via 192.168.0.1");
     for pod in pods {
-        let (name, ip) = (pod.name, pod.ip);
+        let (name, ip, node) = (pod.name, pod.ip, pod.node);
         sh(&format!(
             "ip netns add zt-{name}
-             ip link add v-{name} type veth peer name eth0 netns zt-{name}
-             ip link set v-{name} master br0 up
+             nsenter --net=/run/netns/zt-{name} sh -c 'echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad'
+             ip link add v-{name} netns zt-node{node} type veth peer name eth0 netns zt-{name}
+             ip -n zt-node{node} link set v-{name} master br0 up
              ip -n zt-{name} link set lo up
              ip -n zt-{name} addr add {ip}/24 dev eth0
              ip -n zt-{name} link set eth0 up
-             ip -n zt-{name} route add default via 10.0.0.1"
+             ip -n zt-{name} route add default via 10.0.{node}.1"
         ));
         if pod.captured {
             // istio-cni's in-pod rules (simplified): outbound TCP → 15001
@@ -145,62 +165,80 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
-/// A ztunnel process with its control ports.
+/// A ztunnel process running inside its node's network namespace.
 pub struct Ztunnel {
     pub child: Child,
-    pub node: String,
-    pub metrics: SocketAddr,
-    pub ready: SocketAddr,
+    pub node: u8,
     pub args: Vec<String>,
 }
 
 impl Ztunnel {
-    pub fn start(bin: &str, config: &Path, node: &str, ca_dir: &Path, base_port: u16) -> Self {
+    pub fn start(bin: &str, config: &Path, node: u8, ca_dir: &Path) -> Self {
         let args = vec![
+            format!("--net={}", node_netns(node).display()),
+            bin.to_string(),
             "--config".to_string(),
             config.display().to_string(),
             "--node".into(),
-            node.into(),
+            format!("node{node}"),
             "--ca-dir".into(),
             ca_dir.display().to_string(),
             "--workers".into(),
             "2".into(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{base_port}"),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{}", base_port + 20),
+            "127.0.0.1:15020".into(),
             "--ready-addr".into(),
-            format!("127.0.0.1:{}", base_port + 21),
+            "127.0.0.1:15021".into(),
         ];
-        let child = Command::new(bin)
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .spawn()
-            .expect("start ztunnel");
         let z = Ztunnel {
-            child,
-            node: node.into(),
-            metrics: format!("127.0.0.1:{}", base_port + 20).parse().unwrap(),
-            ready: format!("127.0.0.1:{}", base_port + 21).parse().unwrap(),
+            child: Self::spawn(&args),
+            node,
             args,
         };
         z.wait_ready();
         z
     }
 
+    /// `nsenter` execs the ztunnel: the child is the ztunnel itself.
+    fn spawn(args: &[String]) -> Child {
+        Command::new("nsenter")
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .spawn()
+            .expect("start ztunnel")
+    }
+
+    /// Kills the process and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.args);
+    }
+
+    fn get(&self, path: &'static str) -> Option<String> {
+        in_netns(&node_netns(self.node), move || {
+            http_get("127.0.0.1:15021".parse().unwrap(), path)
+                .filter(|_| path == "/healthz/ready")
+                .or_else(|| http_get("127.0.0.1:15020".parse().unwrap(), path))
+        })
+        .join()
+        .unwrap()
+    }
+
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if http_get(self.ready, "/healthz/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            if self
+                .get("/healthz/ready")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
             {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "ztunnel {} never became ready",
+                "ztunnel node{} never became ready",
                 self.node
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -208,7 +246,7 @@ impl Ztunnel {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.metrics, "/metrics").expect("scrape metrics")
+        self.get("/metrics").expect("scrape metrics")
     }
 
     pub fn kill(&mut self) {
