@@ -5,6 +5,10 @@
 //! that the client declared in `initial_resource_versions`). A push is the difference between
 //! the store and that memory: new/changed resources plus `removed_resources`. A NACKed
 //! version stays remembered as sent, so it is not pushed again until the resource changes.
+//!
+//! Publications also append the changed names to a bounded change log, so a connection that
+//! is up to date looks only at what changed since its last push (cost independent of the
+//! store's size); one that fell behind the log compares the whole store instead.
 
 use crate::{content_version, VersionedResource};
 use mesh_api::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -27,17 +31,51 @@ use tonic::{Request, Response, Status, Streaming};
 type TypeStore = BTreeMap<String, Arc<VersionedResource>>;
 type Store = HashMap<String, Arc<TypeStore>>;
 type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+/// type URL -> names changed since some generation.
+type ChangedNames = HashMap<String, HashSet<String>>;
+
+/// The published store, its generation and the names each generation changed.
+struct Published {
+    resources: Arc<Store>,
+    generation: u64,
+    /// (generation, type URL, name), oldest first.
+    log: std::collections::VecDeque<(u64, String, String)>,
+    /// Every change after this generation is in `log`.
+    log_floor: u64,
+}
+
+impl Published {
+    /// Names changed after generation `since`, or None if the log no longer reaches back.
+    fn changed_since(&self, since: u64) -> Option<ChangedNames> {
+        if since < self.log_floor {
+            return None;
+        }
+        let mut changed = ChangedNames::new();
+        let start = self.log.partition_point(|(g, _, _)| *g <= since);
+        for (_, type_url, name) in self.log.range(start..) {
+            changed
+                .entry(type_url.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        Some(changed)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Changes published within this window reach connections as one push.
     pub debounce: Duration,
+    /// Changed names remembered for incremental pushes; a connection that falls further
+    /// behind compares the whole store once instead.
+    pub change_log_capacity: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             debounce: Duration::from_millis(100),
+            change_log_capacity: 200_000,
         }
     }
 }
@@ -85,7 +123,7 @@ pub struct NackReport {
 
 struct Inner {
     config: ServerConfig,
-    store: Mutex<Arc<Store>>,
+    store: Mutex<Published>,
     generation: watch::Sender<u64>,
     closing: watch::Sender<bool>,
     stats: ServerStats,
@@ -102,7 +140,7 @@ pub struct XdsServer {
 /// Changes applied together and published as one generation.
 pub struct UpdateBatch<'a> {
     store: &'a mut Store,
-    changed: bool,
+    changed: Vec<(String, String)>,
 }
 
 impl UpdateBatch<'_> {
@@ -119,8 +157,11 @@ impl UpdateBatch<'_> {
         if resources.get(&name).is_some_and(|r| r.version == version) {
             return false;
         }
-        Arc::make_mut(resources).insert(name, Arc::new(VersionedResource { version, resource }));
-        self.changed = true;
+        Arc::make_mut(resources).insert(
+            name.clone(),
+            Arc::new(VersionedResource { version, resource }),
+        );
+        self.changed.push((type_url.to_string(), name));
         true
     }
 
@@ -133,7 +174,7 @@ impl UpdateBatch<'_> {
             return false;
         }
         Arc::make_mut(resources).remove(name);
-        self.changed = true;
+        self.changed.push((type_url.to_string(), name.to_string()));
         true
     }
 
@@ -172,7 +213,12 @@ impl XdsServer {
         XdsServer {
             inner: Arc::new(Inner {
                 config,
-                store: Mutex::new(Arc::new(Store::new())),
+                store: Mutex::new(Published {
+                    resources: Arc::new(Store::new()),
+                    generation: 0,
+                    log: Default::default(),
+                    log_floor: 0,
+                }),
                 generation: watch::Sender::new(0),
                 closing: watch::Sender::new(false),
                 stats: ServerStats::default(),
@@ -184,17 +230,28 @@ impl XdsServer {
 
     /// Applies a batch of changes and, if anything changed, publishes them (debounced).
     pub fn update<R>(&self, apply: impl FnOnce(&mut UpdateBatch<'_>) -> R) -> R {
-        let mut guard = lock(&self.inner.store);
-        let mut store: Store = (**guard).clone();
+        let mut published = lock(&self.inner.store);
+        let mut store: Store = (*published.resources).clone();
         let mut batch = UpdateBatch {
             store: &mut store,
-            changed: false,
+            changed: Vec::new(),
         };
         let result = apply(&mut batch);
-        if batch.changed {
-            *guard = Arc::new(store);
-            drop(guard);
-            self.inner.generation.send_modify(|g| *g += 1);
+        if !batch.changed.is_empty() {
+            let generation = published.generation + 1;
+            let changed = std::mem::take(&mut batch.changed);
+            published.resources = Arc::new(store);
+            published.generation = generation;
+            for (type_url, name) in changed {
+                published.log.push_back((generation, type_url, name));
+            }
+            while published.log.len() > self.inner.config.change_log_capacity {
+                if let Some((dropped, _, _)) = published.log.pop_front() {
+                    published.log_floor = published.log_floor.max(dropped);
+                }
+            }
+            drop(published);
+            self.inner.generation.send_replace(generation);
         }
         result
     }
@@ -209,7 +266,7 @@ impl XdsServer {
 
     /// The stored resource, if any.
     pub fn get(&self, type_url: &str, name: &str) -> Option<VersionedResource> {
-        let store = lock(&self.inner.store).clone();
+        let store = lock(&self.inner.store).resources.clone();
         store.get(type_url)?.get(name).map(|r| (**r).clone())
     }
 
@@ -347,6 +404,8 @@ struct Connection {
     /// nonce -> (type URL, resources it carried), until ACKed or NACKed.
     inflight: HashMap<String, (String, Vec<(String, String)>)>,
     next_nonce: u64,
+    /// Store generation this connection's watches were last brought up to.
+    synced: u64,
 }
 
 impl Connection {
@@ -358,13 +417,14 @@ impl Connection {
             watches: BTreeMap::new(),
             inflight: HashMap::new(),
             next_nonce: 0,
+            synced: 0,
         }
     }
 
     async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
         let inner = self.server.inner.clone();
         let mut generation = inner.generation.subscribe();
-        generation.borrow_and_update();
+        self.synced = *generation.borrow_and_update();
         let mut closing = inner.closing.subscribe();
         if *closing.borrow_and_update() {
             let _ = self
@@ -379,7 +439,8 @@ impl Connection {
                 request = requests.message() => match request {
                     Ok(Some(request)) => match self.handle_request(request) {
                         Ok(Some(type_url)) => {
-                            if !self.push(&type_url).await {
+                            let store = lock(&inner.store).resources.clone();
+                            if !self.push(&type_url, &store, None).await {
                                 return;
                             }
                         }
@@ -404,11 +465,8 @@ impl Connection {
                 }
                 _ = tokio::time::sleep_until(push_at.unwrap_or_else(Instant::now)), if push_at.is_some() => {
                     push_at = None;
-                    let types: Vec<String> = self.watches.keys().cloned().collect();
-                    for type_url in types {
-                        if !self.push(&type_url).await {
-                            return;
-                        }
+                    if !self.push_published().await {
+                        return;
                     }
                 }
                 _ = closing.changed() => {
@@ -480,39 +538,95 @@ impl Connection {
         Ok(changed.then_some(request.type_url))
     }
 
-    /// Sends what `type_url`'s store has that this connection lacks; false if the stream is gone.
-    async fn push(&mut self, type_url: &str) -> bool {
-        let store = lock(&self.server.inner.store).clone();
+    /// Brings every watch up to the published store, looking only at names changed since
+    /// the last sync when the change log reaches back that far.
+    async fn push_published(&mut self) -> bool {
+        let (store, generation, changed) = {
+            let published = lock(&self.server.inner.store);
+            (
+                published.resources.clone(),
+                published.generation,
+                published.changed_since(self.synced),
+            )
+        };
+        let types: Vec<String> = self.watches.keys().cloned().collect();
+        for type_url in types {
+            let candidates = match &changed {
+                Some(changed) => match changed.get(&type_url) {
+                    Some(names) => Some(names),
+                    None => continue,
+                },
+                None => None,
+            };
+            if !self.push(&type_url, &store, candidates).await {
+                return false;
+            }
+        }
+        self.synced = generation;
+        true
+    }
+
+    /// Sends what `store` has for `type_url` that this connection lacks, looking at
+    /// `candidates` only if given (else the whole type); false if the stream is gone.
+    async fn push(
+        &mut self,
+        type_url: &str,
+        store: &Store,
+        candidates: Option<&HashSet<String>>,
+    ) -> bool {
         let empty = TypeStore::new();
         let resources = store.get(type_url).map(|r| r.as_ref()).unwrap_or(&empty);
         let Some(watch) = self.watches.get_mut(type_url) else {
             return true;
         };
-        // Forget what the client no longer wants: it drops those itself.
-        watch
-            .sent
-            .retain(|name, _| watch.wildcard || watch.names.contains(name));
         let mut updated = Vec::new();
-        let mut consider = |name: &String, resource: &Arc<VersionedResource>| {
-            if watch.sent.get(name) != Some(&resource.version) {
-                updated.push((name.clone(), resource.clone()));
-            }
-        };
-        if watch.wildcard {
-            resources.iter().for_each(|(n, r)| consider(n, r));
-        } else {
-            for name in &watch.names {
-                if let Some(resource) = resources.get(name) {
-                    consider(name, resource);
+        let mut removed = Vec::new();
+        match candidates {
+            Some(names) => {
+                for name in names.iter().filter(|n| watch.wants(n)) {
+                    match resources.get(name) {
+                        Some(r) if watch.sent.get(name) != Some(&r.version) => {
+                            updated.push((name.clone(), r.clone()))
+                        }
+                        Some(_) => {}
+                        None if watch.sent.contains_key(name) => removed.push(name.clone()),
+                        None => {}
+                    }
                 }
+                // Deterministic order on the wire, as in the full comparison.
+                updated.sort_by(|a, b| a.0.cmp(&b.0));
+                removed.sort();
+            }
+            None => {
+                // Forget what the client no longer wants: it drops those itself.
+                watch
+                    .sent
+                    .retain(|name, _| watch.wildcard || watch.names.contains(name));
+                let mut consider = |name: &String, resource: &Arc<VersionedResource>| {
+                    if watch.sent.get(name) != Some(&resource.version) {
+                        updated.push((name.clone(), resource.clone()));
+                    }
+                };
+                if watch.wildcard {
+                    resources.iter().for_each(|(n, r)| consider(n, r));
+                } else {
+                    let mut names: Vec<&String> = watch.names.iter().collect();
+                    names.sort();
+                    for name in names {
+                        if let Some(resource) = resources.get(name) {
+                            consider(name, resource);
+                        }
+                    }
+                }
+                removed = watch
+                    .sent
+                    .keys()
+                    .filter(|name| !resources.contains_key(*name) && watch.wants(name))
+                    .cloned()
+                    .collect();
+                removed.sort();
             }
         }
-        let removed: Vec<String> = watch
-            .sent
-            .keys()
-            .filter(|name| !resources.contains_key(*name) && watch.wants(name))
-            .cloned()
-            .collect();
         if updated.is_empty() && removed.is_empty() {
             return true;
         }

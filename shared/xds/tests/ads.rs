@@ -53,6 +53,7 @@ async fn serve_on(server: &XdsServer, addr: SocketAddr) -> Running {
 fn server() -> XdsServer {
     XdsServer::new(ServerConfig {
         debounce: Duration::from_millis(20),
+        ..Default::default()
     })
 }
 
@@ -555,4 +556,77 @@ async fn recv(stream: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDis
         .expect("a response within the deadline")
         .unwrap()
         .expect("stream open")
+}
+
+#[tokio::test]
+async fn a_connection_behind_the_change_log_still_gets_every_change() {
+    let server = XdsServer::new(ServerConfig {
+        debounce: Duration::from_millis(20),
+        change_log_capacity: 2,
+    });
+    server.update(|b| {
+        for i in 0..10u8 {
+            b.set(
+                ADDRESS,
+                format!("uid-{i}"),
+                workload(&format!("uid-{i}"), "w", [10, 0, 1, i]),
+            );
+        }
+    });
+    let running = serve_on(&server, "127.0.0.1:0".parse().unwrap()).await;
+    let (mut updates, _stats, client) = start_client(running.addr, &[ADDRESS]);
+    next(&mut updates).await;
+    // Six changes in one publication: the log keeps two, so the push compares everything.
+    server.update(|b| {
+        for i in 0..5u8 {
+            b.set(
+                ADDRESS,
+                format!("uid-{i}"),
+                workload(&format!("uid-{i}"), "w", [10, 0, 2, i]),
+            );
+        }
+        b.remove(ADDRESS, "uid-9");
+    });
+    let (delta, all) = next(&mut updates).await;
+    assert_eq!(
+        updated_names(&delta),
+        ["uid-0", "uid-1", "uid-2", "uid-3", "uid-4"]
+    );
+    assert_eq!(delta.removed, ["uid-9"]);
+    assert_eq!(names(&all, ADDRESS).len(), 9);
+    client.abort();
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_pushed_for_one_change_do_not_grow_with_the_store() {
+    let server = server();
+    server.update(|b| {
+        for i in 0..5000u32 {
+            let ip = i.to_be_bytes();
+            b.set(
+                ADDRESS,
+                format!("uid-{i}"),
+                workload(&format!("uid-{i}"), "w", [10, ip[1], ip[2], ip[3]]),
+            );
+        }
+    });
+    let running = serve_on(&server, "127.0.0.1:0".parse().unwrap()).await;
+    let (mut updates, _stats, client) = start_client(running.addr, &[ADDRESS]);
+    let (first, _) = next(&mut updates).await;
+    assert_eq!(first.updated.len(), 5000);
+    let before = server.stats();
+    server.set(
+        ADDRESS,
+        "uid-4321",
+        workload("uid-4321", "w", [10, 9, 9, 9]),
+    );
+    let (delta, _) = next(&mut updates).await;
+    assert_eq!(updated_names(&delta), ["uid-4321"]);
+    let bytes = server.stats().bytes_sent - before.bytes_sent;
+    let one_resource = workload("uid-4321", "w", [10, 9, 9, 9]).encoded_len() as u64;
+    // The resource, its name, version, type URL and nonce: a fixed overhead, not 5000x.
+    assert!(bytes < one_resource + 200, "{bytes} bytes for one change");
+    client.abort();
+    running.stop().await;
 }
