@@ -630,3 +630,47 @@ async fn bytes_pushed_for_one_change_do_not_grow_with_the_store() {
     client.abort();
     running.stop().await;
 }
+
+/// The data-plane pattern: the callback builds an immutable snapshot from the full set and
+/// publishes it with arc-swap; readers keep the last one while the controller is gone.
+#[tokio::test]
+async fn snapshots_published_with_arc_swap_survive_an_unreachable_server() {
+    use arc_swap::ArcSwap;
+    use std::sync::Arc;
+    type Snapshot = BTreeMap<String, Address>;
+
+    let server = server();
+    server.set(ADDRESS, "uid-a", workload("uid-a", "a", [10, 0, 0, 1]));
+    server.set(ADDRESS, "uid-b", workload("uid-b", "b", [10, 0, 0, 2]));
+    let running = serve_on(&server, "127.0.0.1:0".parse().unwrap()).await;
+
+    let published: Arc<ArcSwap<Snapshot>> = Arc::new(ArcSwap::from_pointee(Snapshot::new()));
+    let mut config =
+        ClientConfig::new(format!("http://{}", running.addr), ZTUNNEL_NODE).wildcard(ADDRESS);
+    config.initial_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    let client = XdsClient::new(config);
+    let stats = client.stats();
+    let writer = published.clone();
+    let task = tokio::spawn(client.run(move |_delta: &Delta, all: &ResourceSet| {
+        let mut snapshot = Snapshot::new();
+        for (name, resource) in all.get(ADDRESS).into_iter().flatten() {
+            let address =
+                mesh_api::from_any(ADDRESS, &resource.resource).map_err(|e| e.to_string())?;
+            snapshot.insert(name.clone(), address);
+        }
+        writer.store(Arc::new(snapshot));
+        Ok(())
+    }));
+    eventually("the first snapshot", || published.load().len() == 2).await;
+
+    running.stop().await;
+    // Reconnect attempts fail (nothing listens); the last snapshot keeps serving.
+    eventually("failed reconnects", || {
+        !stats.connected() && stats.last_error().is_some_and(|e| e.contains("connect"))
+    })
+    .await;
+    let snapshot = published.load();
+    assert_eq!(snapshot.keys().collect::<Vec<_>>(), ["uid-a", "uid-b"]);
+    task.abort();
+}
