@@ -52,17 +52,24 @@ pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// When an allowed stream started, and its metric labels.
+type OpenStream = (Instant, ConnLabels);
+
 struct Inbound {
     proxy: Rc<PodProxy>,
     /// The TCP peer of the HBONE connection (in-pod mode: the source pod).
     peer: SocketAddr,
-    /// Open streams by client address: start time and labels.
-    streams: RefCell<HashMap<Option<SocketAddr>, (Instant, ConnLabels)>>,
+    /// Open streams by client address (several when a client sends no
+    /// `forwarded`): start time and labels.
+    streams: RefCell<HashMap<Option<SocketAddr>, Vec<OpenStream>>>,
 }
 
 impl Inbound {
-    fn source_ip(&self, request: &ConnectRequest) -> IpAddr {
-        request.forwarded_for.map_or(self.peer.ip(), |f| f.ip())
+    /// The source for policy and for the app: the HBONE connection's peer,
+    /// which in in-pod mode is the source pod itself. `forwarded` is only
+    /// logged: an authenticated peer could put any address there.
+    fn source_ip(&self, _request: &ConnectRequest) -> IpAddr {
+        self.peer.ip()
     }
 
     fn labels(
@@ -143,7 +150,9 @@ impl ConnectHandler for Inbound {
                 self.proxy.metrics.opened(&labels);
                 self.streams
                     .borrow_mut()
-                    .insert(request.forwarded_for, (start, labels));
+                    .entry(request.forwarded_for)
+                    .or_default()
+                    .push((start, labels));
                 Ok(stream)
             }
             Err(e) => {
@@ -161,7 +170,20 @@ impl ConnectHandler for Inbound {
         let TunnelOutcome::Piped(piped) = outcome else {
             return;
         };
-        let Some((start, labels)) = self.streams.borrow_mut().remove(&request.forwarded_for) else {
+        let entry = {
+            let mut streams = self.streams.borrow_mut();
+            let entry = streams
+                .get_mut(&request.forwarded_for)
+                .and_then(|open| open.pop());
+            if streams
+                .get(&request.forwarded_for)
+                .is_some_and(|open| open.is_empty())
+            {
+                streams.remove(&request.forwarded_for);
+            }
+            entry
+        };
+        let Some((start, labels)) = entry else {
             return;
         };
         // Into the tunnel = read from the app; out of it = written to the app.
