@@ -206,3 +206,45 @@ impl AccessLog<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_runtime::MetricsSource;
+
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_istio_labels() {
+        let metrics = Metrics::new(2);
+        let labels = ConnLabels {
+            reporter: "source",
+            source_workload: "a".into(),
+            destination_principal: "spiffe://cluster.local/ns/x/sa/\"q\"".into(),
+            connection_security_policy: "mutual_tls",
+            ..Default::default()
+        };
+        metrics.workers[0].opened(&labels);
+        metrics.workers[1].opened(&labels);
+        metrics.workers[1].closed(&labels, 10, 20);
+        metrics.workers[0]
+            .hbone_connections_opened
+            .fetch_add(3, Ordering::Relaxed);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let series = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .unwrap_or_else(|| panic!("{name} missing in\n{out}"))
+                .to_string()
+        };
+        assert!(series("istio_tcp_connections_opened_total").ends_with(" 2"));
+        assert!(series("istio_tcp_connections_closed_total").ends_with(" 1"));
+        assert!(series("istio_tcp_sent_bytes_total").ends_with(" 10"));
+        assert!(series("istio_tcp_received_bytes_total").ends_with(" 20"));
+        let line = series("istio_tcp_connections_opened_total");
+        assert!(line.contains("reporter=\"source\""), "{line}");
+        assert!(line.contains("source_workload=\"a\""), "{line}");
+        assert!(line.contains("sa/\\\"q\\\"\""), "quotes escaped: {line}");
+        assert!(out.contains("ringmesh_ztunnel_hbone_connections_opened_total 3\n"));
+    }
+}
