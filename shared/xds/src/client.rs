@@ -45,6 +45,8 @@ pub struct ClientConfig {
     pub node_id: String,
     pub node_metadata: Option<prost_types::Struct>,
     pub subscriptions: Vec<Subscription>,
+    /// TLS for `https://` addresses (server CA, optional client identity, expected name).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub connect_timeout: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -57,6 +59,7 @@ impl ClientConfig {
             node_id: node_id.into(),
             node_metadata: None,
             subscriptions: Vec::new(),
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
@@ -177,12 +180,17 @@ impl XdsClient {
     where
         F: FnMut(&Delta, &ResourceSet) -> Result<(), String>,
     {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.config.address.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.config.address.clone())
             .map_err(|e| format!("bad xDS address {:?}: {e}", self.config.address))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if let Some(tls) = &self.config.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("xDS TLS config: {e}"))?;
+        }
         let channel = endpoint
             .connect()
             .await

@@ -9,6 +9,8 @@ mod version;
 
 pub use client::{ClientConfig, ClientStats, Delta, ResourceSet, Subscription, XdsClient};
 pub use server::{NackReport, ServerConfig, ServerStats, StatsSnapshot, UpdateBatch, XdsServer};
+/// TLS settings for [`XdsServer::serve_tls`] and [`ClientConfig::tls`].
+pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub use version::content_version;
 
 /// One resource as stored and sent: its version and payload.

@@ -313,8 +313,30 @@ impl XdsServer {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_with(tonic::transport::Server::builder(), listener, shutdown)
+            .await
+    }
+
+    /// Like [`serve`](Self::serve) over TLS (Istio's 15012). Give the config a client CA
+    /// to require client certificates.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: tonic::transport::ServerTlsConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let builder = tonic::transport::Server::builder().tls_config(tls)?;
+        self.serve_with(builder, listener, shutdown).await
+    }
+
+    async fn serve_with(
+        self,
+        builder: tonic::transport::Server,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
         let closer = self.clone();
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(self.service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

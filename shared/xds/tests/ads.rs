@@ -674,3 +674,87 @@ async fn snapshots_published_with_arc_swap_survive_an_unreachable_server() {
     assert_eq!(snapshot.keys().collect::<Vec<_>>(), ["uid-a", "uid-b"]);
     task.abort();
 }
+
+/// xDS over mutual TLS (Istio's 15012): the proxy verifies the controller against the mesh
+/// CA, the controller requires a client certificate from the same CA.
+#[tokio::test]
+async fn delta_ads_over_mutual_tls() {
+    use mesh_xds::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        Identity::from_pem(cert.pem(), key.serialize_pem())
+    };
+    let controller_identity = leaf(vec!["controller.ringmesh.internal".into()]);
+    let proxy_identity = leaf(vec![
+        "spiffe://cluster.local/ns/istio-system/sa/ztunnel".into()
+    ]);
+
+    let server = server();
+    server.set(ADDRESS, "uid-a", workload("uid-a", "a", [10, 0, 0, 1]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let tls = ServerTlsConfig::new()
+        .identity(controller_identity)
+        .client_ca_root(Certificate::from_pem(ca.pem()));
+    let serving = tokio::spawn(server.clone().serve_tls(listener, tls, async move {
+        let _ = stopped.await;
+    }));
+
+    let mut config = ClientConfig::new(format!("https://{addr}"), ZTUNNEL_NODE).wildcard(ADDRESS);
+    config.tls = Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .domain_name("controller.ringmesh.internal")
+            .identity(proxy_identity),
+    );
+    let client = XdsClient::new(config);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client.run(move |delta: &Delta, _: &ResourceSet| {
+        let _ = tx.send(updated_names(delta));
+        Ok(())
+    }));
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, ["uid-a"]);
+    task.abort();
+
+    // Without a client certificate the controller refuses the stream.
+    let mut config = ClientConfig::new(format!("https://{addr}"), "anonymous").wildcard(ADDRESS);
+    config.tls = Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .domain_name("controller.ringmesh.internal"),
+    );
+    config.initial_backoff = Duration::from_millis(10);
+    let client = XdsClient::new(config);
+    let anonymous = client.stats();
+    let task = tokio::spawn(client.run(|_: &Delta, _: &ResourceSet| Ok(())));
+    eventually("the anonymous client is refused", || {
+        anonymous.last_error().is_some()
+    })
+    .await;
+    assert_eq!(anonymous.responses(), 0);
+    assert!(server.node_stats("anonymous").is_none());
+    task.abort();
+
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
