@@ -6,6 +6,7 @@
 //! L4 AuthorizationPolicy. Only flags and composition live here.
 
 mod copy;
+mod dump;
 mod inbound;
 mod inbound_plaintext;
 mod metrics;
@@ -61,6 +62,9 @@ struct Args {
     /// auto, io-uring or epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
+    /// Serve `/config_dump` (the workload registry as JSON) on this address.
+    #[arg(long)]
+    config_dump_addr: Option<SocketAddr>,
     /// Connect to apps from the pod's own address instead of the client's.
     #[arg(long)]
     no_preserve_source: bool,
@@ -173,6 +177,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(metrics::Metrics::new(options.workers));
     let registry = Arc::new(ArcSwap::from_pointee(registry));
+    if let Some(addr) = args.config_dump_addr {
+        dump::spawn(addr, args.node.clone(), registry.clone())?;
+    }
     let shared = Arc::new(proxy::Shared {
         registry: registry.clone(),
         pods,

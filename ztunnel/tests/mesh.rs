@@ -242,6 +242,16 @@ fn mesh_topology_inside() {
     let z1 = Ztunnel::start(ZTUNNEL, &cfg1, 1, &ca);
     let mut z2 = Ztunnel::start(ZTUNNEL, &cfg2, 2, &ca);
 
+    // 0. The config dump shows what each node serves.
+    let dump = z1.config_dump();
+    assert!(dump.starts_with("HTTP/1.1 200"), "{dump}");
+    assert!(
+        dump.contains("\"captured_pods\": [\n    \"apps/a\"\n  ]"),
+        "{dump}"
+    );
+    assert!(dump.contains("\"10.96.0.10:80\""), "{dump}");
+    assert!(z2.config_dump().contains("\"apps/b\""));
+
     // 1. Outside the mesh: plain passthrough from the captured pod A.
     wait_echo(&POD_A, "10.0.1.3:9000", Duration::from_secs(5));
     assert_eq!(

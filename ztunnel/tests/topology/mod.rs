@@ -189,6 +189,8 @@ impl Ztunnel {
             "127.0.0.1:15020".into(),
             "--ready-addr".into(),
             "127.0.0.1:15021".into(),
+            "--config-dump-addr".into(),
+            "127.0.0.1:15080".into(),
         ];
         let z = Ztunnel {
             child: Self::spawn(&args),
@@ -217,11 +219,10 @@ impl Ztunnel {
         self.child = Self::spawn(&self.args);
     }
 
-    fn get(&self, path: &'static str) -> Option<String> {
+    /// GET on one of the ztunnel's local ports, from inside its node.
+    fn get(&self, port: u16, path: &'static str) -> Option<String> {
         in_netns(&node_netns(self.node), move || {
-            http_get("127.0.0.1:15021".parse().unwrap(), path)
-                .filter(|_| path == "/healthz/ready")
-                .or_else(|| http_get("127.0.0.1:15020".parse().unwrap(), path))
+            http_get(SocketAddr::from(([127, 0, 0, 1], port)), path)
         })
         .join()
         .unwrap()
@@ -231,7 +232,7 @@ impl Ztunnel {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self
-                .get("/healthz/ready")
+                .get(15021, "/healthz/ready")
                 .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
             {
                 return;
@@ -246,7 +247,11 @@ impl Ztunnel {
     }
 
     pub fn metrics(&self) -> String {
-        self.get("/metrics").expect("scrape metrics")
+        self.get(15020, "/metrics").expect("scrape metrics")
+    }
+
+    pub fn config_dump(&self) -> String {
+        self.get(15080, "/config_dump").expect("config dump")
     }
 
     pub fn kill(&mut self) {
