@@ -192,6 +192,11 @@ impl Ztunnel {
             "--config-dump-addr".into(),
             "127.0.0.1:15080".into(),
         ];
+        let mut args = args;
+        // Lets the suite run on the epoll driver too.
+        if let Ok(driver) = std::env::var("RINGMESH_ZTUNNEL_IO_DRIVER") {
+            args.extend(["--io-driver".to_string(), driver]);
+        }
         let z = Ztunnel {
             child: Self::spawn(&args),
             node,
