@@ -85,6 +85,11 @@ impl ClientConfig {
     }
 }
 
+/// Istio's node id for a ztunnel: `ztunnel~IP~POD.NS~NS.svc.cluster.local`.
+pub fn ztunnel_node_id(ip: std::net::IpAddr, pod: &str, namespace: &str) -> String {
+    format!("ztunnel~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local")
+}
+
 /// What the client has done, for admin pages and tests.
 #[derive(Debug, Default)]
 pub struct ClientStats {

@@ -7,8 +7,13 @@ pub mod client;
 pub mod server;
 mod version;
 
-pub use client::{ClientConfig, ClientStats, Delta, ResourceSet, Subscription, XdsClient};
-pub use server::{NackReport, ServerConfig, ServerStats, StatsSnapshot, UpdateBatch, XdsServer};
+pub use client::{
+    ztunnel_node_id, ClientConfig, ClientStats, Delta, ResourceSet, Subscription, XdsClient,
+};
+pub use server::{
+    ConnectionInfo, NackReport, ServerConfig, ServerStats, StatsSnapshot, UpdateBatch, XdsServer,
+    NACK_HISTORY,
+};
 /// TLS settings for [`XdsServer::serve_tls`] and [`ClientConfig::tls`].
 pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub use version::content_version;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 type TypeStore = BTreeMap<String, Arc<VersionedResource>>;
@@ -110,6 +110,19 @@ pub struct StatsSnapshot {
     pub connections_active: u64,
 }
 
+/// NACK reports kept (a misbehaving fleet must not grow the controller's memory).
+pub const NACK_HISTORY: usize = 1024;
+
+/// One open stream, for the controller's status page.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnectionInfo {
+    pub node_id: String,
+    /// Subscribed type URLs with whether the subscription is a wildcard.
+    pub subscriptions: Vec<(String, bool)>,
+    /// Resources this stream holds, per type URL.
+    pub resources_held: Vec<(String, usize)>,
+}
+
 /// A client rejected a push: what, from whom, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NackReport {
@@ -128,7 +141,9 @@ struct Inner {
     closing: watch::Sender<bool>,
     stats: ServerStats,
     per_node: Mutex<HashMap<String, StatsSnapshot>>,
-    nacks: Mutex<Vec<NackReport>>,
+    nacks: Mutex<std::collections::VecDeque<NackReport>>,
+    connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
+    next_connection_id: AtomicU64,
 }
 
 /// The Delta ADS server. Cheap to clone; all clones share one store.
@@ -223,7 +238,9 @@ impl XdsServer {
                 closing: watch::Sender::new(false),
                 stats: ServerStats::default(),
                 per_node: Mutex::new(HashMap::new()),
-                nacks: Mutex::new(Vec::new()),
+                nacks: Mutex::new(Default::default()),
+                connections: Mutex::new(BTreeMap::new()),
+                next_connection_id: AtomicU64::new(1),
             }),
         }
     }
@@ -289,9 +306,14 @@ impl XdsServer {
         lock(&self.inner.per_node).get(node_id).copied()
     }
 
-    /// Every NACK received so far, oldest first.
+    /// The most recent NACKs (up to [`NACK_HISTORY`]), oldest first.
     pub fn nacks(&self) -> Vec<NackReport> {
-        lock(&self.inner.nacks).clone()
+        lock(&self.inner.nacks).iter().cloned().collect()
+    }
+
+    /// The open streams: who is connected and what each subscribed to.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        lock(&self.inner.connections).values().cloned().collect()
     }
 
     /// The tonic service, to mount next to others (the CA) on one server.
@@ -336,10 +358,14 @@ impl XdsServer {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let closer = self.clone();
+        // Small pushes must not wait on Nagle + delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(self.service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 closer.close_streams();
             })
@@ -391,8 +417,14 @@ impl AggregatedDiscoveryService for XdsServer {
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let server = self.clone();
         let requests = request.into_inner();
+        let id = self
+            .inner
+            .next_connection_id
+            .fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.connections).insert(id, ConnectionInfo::default());
         tokio::spawn(async move {
-            Connection::new(server.clone(), tx).run(requests).await;
+            Connection::new(server.clone(), tx, id).run(requests).await;
+            lock(&server.inner.connections).remove(&id);
             server
                 .inner
                 .stats
@@ -419,6 +451,7 @@ impl TypeWatch {
 }
 
 struct Connection {
+    id: u64,
     server: XdsServer,
     tx: ResponseSender,
     node_id: String,
@@ -431,8 +464,9 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(server: XdsServer, tx: ResponseSender) -> Self {
+    fn new(server: XdsServer, tx: ResponseSender, id: u64) -> Self {
         Connection {
+            id,
             server,
             tx,
             node_id: String::new(),
@@ -465,8 +499,9 @@ impl Connection {
                             if !self.push(&type_url, &store, None).await {
                                 return;
                             }
+                            self.publish_info();
                         }
-                        Ok(None) => {}
+                        Ok(None) => self.publish_info(),
                         Err(status) => {
                             let _ = self.tx.send(Err(status)).await;
                             return;
@@ -490,12 +525,33 @@ impl Connection {
                     if !self.push_published().await {
                         return;
                     }
+                    self.publish_info();
                 }
                 _ = closing.changed() => {
                     let _ = self.tx.send(Err(Status::unavailable("xDS server is shutting down"))).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Refreshes this stream's entry in [`XdsServer::connections`].
+    fn publish_info(&self) {
+        let info = ConnectionInfo {
+            node_id: self.node_id.clone(),
+            subscriptions: self
+                .watches
+                .iter()
+                .map(|(t, w)| (t.clone(), w.wildcard))
+                .collect(),
+            resources_held: self
+                .watches
+                .iter()
+                .map(|(t, w)| (t.clone(), w.sent.len()))
+                .collect(),
+        };
+        if let Some(entry) = lock(&self.server.inner.connections).get_mut(&self.id) {
+            *entry = info;
         }
     }
 
@@ -521,7 +577,11 @@ impl Connection {
                             error = %error.message, "xDS push rejected (NACK)"
                         );
                         self.server.count_reply(&self.node_id, true);
-                        lock(&self.server.inner.nacks).push(NackReport {
+                        let mut nacks = lock(&self.server.inner.nacks);
+                        if nacks.len() >= NACK_HISTORY {
+                            nacks.pop_front();
+                        }
+                        nacks.push_back(NackReport {
                             node_id: self.node_id.clone(),
                             type_url,
                             nonce: request.response_nonce.clone(),

@@ -19,6 +19,15 @@ const WAIT: Duration = Duration::from_secs(10);
 const ZTUNNEL_NODE: &str =
     "ztunnel~10.0.0.1~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local";
 
+#[test]
+fn ztunnel_node_id_has_istio_format() {
+    let ip = "10.0.0.1".parse().unwrap();
+    assert_eq!(
+        mesh_xds::ztunnel_node_id(ip, "ztunnel-x7k2p", "istio-system"),
+        ZTUNNEL_NODE
+    );
+}
+
 struct Running {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -195,6 +204,21 @@ async fn wildcard_subscription_receives_everything() {
     assert_eq!((s.responses, s.resources_sent, s.nacks), (2, 4, 0));
     assert_eq!(server.node_stats(ZTUNNEL_NODE).unwrap().resources_sent, 4);
     assert!(stats.connected());
+    let connections = server.connections();
+    assert_eq!(connections.len(), 1);
+    assert_eq!(connections[0].node_id, ZTUNNEL_NODE);
+    assert_eq!(
+        connections[0].subscriptions,
+        // Ordered by type URL.
+        [
+            (AUTHORIZATION.to_string(), true),
+            (ADDRESS.to_string(), true)
+        ]
+    );
+    assert_eq!(
+        connections[0].resources_held,
+        [(AUTHORIZATION.to_string(), 1), (ADDRESS.to_string(), 3)]
+    );
     client.abort();
     running.stop().await;
 }
@@ -757,4 +781,39 @@ async fn delta_ads_over_mutual_tls() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// Fan-out: one change reaches 100 subscribers, each getting just that resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_reaches_a_hundred_subscribers() {
+    let server = server();
+    server.update(|b| {
+        for i in 0..100u8 {
+            b.set(
+                ADDRESS,
+                format!("uid-{i}"),
+                workload(&format!("uid-{i}"), "w", [10, 0, 1, i]),
+            );
+        }
+    });
+    let running = serve_on(&server, "127.0.0.1:0".parse().unwrap()).await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let (mut updates, _stats, task) = start_client(running.addr, &[ADDRESS]);
+        assert_eq!(next(&mut updates).await.0.updated.len(), 100);
+        clients.push((updates, task));
+    }
+    eventually("all initial ACKs", || server.stats().acks == 100).await;
+    let before = server.stats();
+    server.set(ADDRESS, "uid-42", workload("uid-42", "w", [10, 0, 9, 42]));
+    for (updates, _) in &mut clients {
+        assert_eq!(updated_names(&next(updates).await.0), ["uid-42"]);
+    }
+    let after = server.stats();
+    assert_eq!(after.responses - before.responses, 100);
+    assert_eq!(after.resources_sent - before.resources_sent, 100);
+    for (_, task) in clients {
+        task.abort();
+    }
+    running.stop().await;
 }
