@@ -16,6 +16,7 @@ pub mod metrics;
 mod proxy;
 pub mod route;
 mod server;
+pub mod tls;
 mod tunnel;
 pub mod upstream;
 

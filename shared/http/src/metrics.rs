@@ -67,6 +67,10 @@ pub struct WorkerMetrics {
     requests: Mutex<HashMap<String, DestStats>>,
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
+    /// HTTPS listeners: completed TLS handshakes.
+    pub tls_handshakes: AtomicU64,
+    /// HTTPS listeners: handshakes that failed (bad ClientHello, alert, timeout, EOF).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 const UNKNOWN: &str = "unknown";
@@ -104,6 +108,14 @@ impl WorkerMetrics {
 
     pub fn connection_opened(&self) {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake_completed(&self) {
+        self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -217,6 +229,18 @@ impl MetricsSource for HttpMetrics {
             out,
             "istio_tcp_connections_closed_total{{reporter=\"source\",request_protocol=\"http\"}} {closed}"
         );
+        let sum = |f: fn(&WorkerMetrics) -> &AtomicU64| -> u64 {
+            self.workers
+                .iter()
+                .map(|w| f(w).load(Ordering::Relaxed))
+                .sum()
+        };
+        let handshakes = sum(|w| &w.tls_handshakes);
+        let failures = sum(|w| &w.tls_handshake_failures);
+        out.push_str("# TYPE ringmesh_tls_handshakes_total counter\n");
+        let _ = writeln!(out, "ringmesh_tls_handshakes_total {handshakes}");
+        out.push_str("# TYPE ringmesh_tls_handshake_failures_total counter\n");
+        let _ = writeln!(out, "ringmesh_tls_handshake_failures_total {failures}");
     }
 }
 

@@ -264,6 +264,22 @@ pub(crate) async fn handle<S: ClientStream>(
     let snapshot = h.snapshots.load_full();
     let host_raw = req.host_header().cloned().unwrap_or_default();
     let host = routing_host(&host_raw);
+    if let Some(sni) = c.sni.as_deref() {
+        if route::misdirected(&snapshot, c.port, sni, &host) {
+            return answer(
+                h,
+                c,
+                &req,
+                &reader,
+                start,
+                421,
+                &Headers::default(),
+                "misdirected request: the Host belongs to another listener than the TLS server name\n",
+                None,
+            )
+            .await;
+        }
+    }
     let Some(entry) = route::select(&snapshot, c.port, &host, &req) else {
         return answer(
             h,

@@ -43,6 +43,23 @@ pub fn select<'a>(
         .find(|e| matches(&e.matcher, path, req))
 }
 
+/// HTTPS: the TLS server name and the Host select different listeners of the
+/// port (the connection's certificate was chosen for another listener), which
+/// calls for 421 Misdirected Request.
+pub fn misdirected(snapshot: &Snapshot, port: u16, sni: &str, host: &str) -> bool {
+    let Some(port_config) = snapshot.ports.get(&port) else {
+        return false;
+    };
+    let by_sni = port_config.listeners.select(sni);
+    let by_host = port_config.listeners.select(host);
+    match (by_sni, by_host) {
+        (Some(a), Some(b)) => !std::sync::Arc::ptr_eq(a, b),
+        // The Host matches no listener: the route lookup answers 404.
+        (_, None) => false,
+        (None, Some(_)) => true,
+    }
+}
+
 pub fn matches(m: &RequestMatcher, path: &str, req: &RequestHead) -> bool {
     if let Some(method) = &m.method {
         if req.method.as_ref() != method.as_bytes() {

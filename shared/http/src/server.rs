@@ -27,9 +27,21 @@ pub(crate) struct Client<S> {
     pub wbuf: BytesMut,
     /// Reused for every upstream request head.
     pub scratch: BytesMut,
+    /// The TLS SNI (lower-case) on HTTPS connections: a request whose Host
+    /// selects another listener of the port than the SNI did gets 421.
+    pub sni: Option<Box<str>>,
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
+    let tls = handler
+        .snapshots
+        .load()
+        .ports
+        .get(&conn.port)
+        .and_then(|p| p.tls.clone());
+    if let Some(tls) = tls {
+        return crate::tls::serve(handler, conn, tls).await;
+    }
     let _ = conn.stream.set_nodelay(true);
     serve_stream(
         handler,
@@ -50,6 +62,18 @@ pub(crate) async fn serve_stream<S: ClientStream>(
     drain: Drain,
     scheme: &'static str,
 ) {
+    serve_stream_with_sni(handler, stream, peer, port, drain, scheme, None).await;
+}
+
+pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
+    handler: Rc<HttpHandler>,
+    stream: S,
+    peer: SocketAddr,
+    port: u16,
+    drain: Drain,
+    scheme: &'static str,
+    sni: Option<Box<str>>,
+) {
     handler.metrics.connection_opened();
     let mut client = Client {
         io: Io::new(stream),
@@ -59,6 +83,7 @@ pub(crate) async fn serve_stream<S: ClientStream>(
         drain,
         wbuf: BytesMut::with_capacity(4096),
         scratch: BytesMut::new(),
+        sni,
     };
     let mut first = true;
     loop {

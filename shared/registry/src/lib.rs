@@ -3,6 +3,7 @@
 
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod translate;
 pub mod workloads;
 

@@ -40,6 +40,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ListenerProtocol {
     Http,
+    /// TLS terminated with the port's certificates ([`PortConfig::tls`]), then HTTP/1.1.
+    Https,
 }
 
 /// All listeners (possibly of several Gateways) that share one port.
@@ -50,6 +52,9 @@ pub struct PortConfig {
     /// Listener isolation: a request is served only by the listener whose hostname
     /// matches its Host most specifically (exact, then longest wildcard, then none).
     pub listeners: ListenerSet,
+    /// HTTPS ports: the TLS settings (certificate by SNI) built at translation.
+    #[serde(skip)]
+    pub tls: Option<Arc<crate::tls::PortTls>>,
 }
 
 #[derive(Debug, Default, Serialize)]

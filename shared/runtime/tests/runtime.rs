@@ -86,6 +86,7 @@ fn snapshot_with(ports: &[u16]) -> Snapshot {
             Arc::new(PortConfig {
                 port,
                 protocol: ListenerProtocol::Http,
+                tls: None,
                 listeners: ListenerSet::default(),
             }),
         );

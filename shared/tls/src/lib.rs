@@ -22,7 +22,7 @@ pub use certs::{
 pub use config::{ring_provider, CertStore, ConfigError, HboneTls, ALPN_H2};
 pub use csr::{generate_key_and_csr, CsrError, WorkloadKeyAndCsr};
 pub use identity::{Identity, IdentityError};
-pub use stream::{accept, connect, TlsError, TlsStream};
+pub use stream::{accept, accept_plain, connect, TlsError, TlsStream};
 pub use verify::{TrustRoots, VerifyError};
 
 pub use rustls;

@@ -318,6 +318,29 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> Result<TlsStre
         .await
 }
 
+/// Server handshake for ordinary (non-HBONE) TLS, e.g. an HTTPS listener: whatever the
+/// `config` negotiates (ALPN, versions, client auth) is accepted; no SPIFFE identity is
+/// required, so [`TlsStream::peer_identity`] must not be called on the result.
+pub async fn accept_plain(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+) -> Result<TlsStream, TlsError> {
+    let conn = ServerConnection::new(config).map_err(TlsError::from_rustls)?;
+    let mut stream = TlsStream::new(tcp, Connection::Server(conn))?;
+    poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+impl TlsStream {
+    /// The SNI the client sent (server side), lower-case.
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.conn {
+            Connection::Server(s) => s.server_name(),
+            Connection::Client(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for TlsStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -175,6 +175,7 @@ pub fn snapshot(
         Arc::new(PortConfig {
             port,
             protocol: ListenerProtocol::Http,
+            tls: None,
             listeners: ListenerSet {
                 any: Some(listener),
                 ..Default::default()

@@ -1,6 +1,7 @@
 //! Served Gateways and their listeners: validation, conflicts, allowedRoutes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use mesh_config::gateway_api::experimental::gateways::{
     GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
@@ -12,7 +13,7 @@ use super::backends::GATEWAY_GROUP;
 use super::conditions::HTTP_ROUTE_KIND;
 use super::hostnames::HostKey;
 use super::TranslateOptions;
-use crate::snapshot::ObjectRef;
+use crate::snapshot::{ListenerProtocol, ObjectRef};
 
 pub enum AllowedNamespaces {
     Same,
@@ -37,6 +38,10 @@ pub struct ListenerCtx {
     pub resolved_refs: Result<(), Problem>,
     /// Some = Conflicted=True with this reason and message.
     pub conflicted: Option<Problem>,
+    /// HTTP or HTTPS (the port's protocol).
+    pub protocol: ListenerProtocol,
+    /// HTTPS: the certificate served (Err: ResolvedRefs=False, not programmed).
+    pub certificate: Option<Result<Arc<rustls::sign::CertifiedKey>, Problem>>,
     /// Routes attached (each counted once) for `attachedRoutes`.
     pub attached: HashSet<ObjectRef>,
     /// (index of the compiled route, intersected hostnames).
@@ -46,7 +51,9 @@ pub struct ListenerCtx {
 impl ListenerCtx {
     /// Serves traffic: accepted and not conflicted.
     pub fn serves(&self) -> bool {
-        self.accepted.is_ok() && self.conflicted.is_none()
+        self.accepted.is_ok()
+            && self.conflicted.is_none()
+            && !matches!(self.certificate, Some(Err(_)))
     }
 }
 
@@ -73,6 +80,8 @@ pub fn collect<'a>(resources: &'a Resources, options: &TranslateOptions) -> Vec<
     gateways.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
 
     let mut taken: HashSet<(u16, HostKey)> = HashSet::new();
+    // The protocol of the first accepted listener on each port.
+    let mut port_protocol: HashMap<u16, ListenerProtocol> = HashMap::new();
     let mut out = Vec::new();
     for g in gateways {
         let key = ObjectRef {
@@ -81,8 +90,20 @@ pub fn collect<'a>(resources: &'a Resources, options: &TranslateOptions) -> Vec<
         };
         let mut listeners = Vec::new();
         for l in &g.spec.listeners {
-            let mut ctx = listener(l);
-            if ctx.accepted.is_ok() && !taken.insert((ctx.port, ctx.hostname.clone())) {
+            let mut ctx = listener(l, &g.meta.namespace, resources);
+            let first_protocol = ctx
+                .accepted
+                .is_ok()
+                .then(|| *port_protocol.entry(ctx.port).or_insert(ctx.protocol));
+            if first_protocol.is_some_and(|p| p != ctx.protocol) {
+                ctx.conflicted = Some((
+                    "ProtocolConflict",
+                    format!(
+                        "another listener on port {} uses a different protocol",
+                        ctx.port
+                    ),
+                ));
+            } else if ctx.accepted.is_ok() && !taken.insert((ctx.port, ctx.hostname.clone())) {
                 ctx.conflicted = Some((
                     "HostnameConflict",
                     format!(
@@ -103,13 +124,27 @@ pub fn collect<'a>(resources: &'a Resources, options: &TranslateOptions) -> Vec<
     out
 }
 
-fn listener(l: &GatewayListeners) -> ListenerCtx {
+fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> ListenerCtx {
     let port = u16::try_from(l.port).ok().filter(|p| *p != 0);
     let mut accepted = Ok(());
-    if !l.protocol.eq_ignore_ascii_case("HTTP") {
+    let https = l.protocol.eq_ignore_ascii_case("HTTPS");
+    let protocol = if https {
+        ListenerProtocol::Https
+    } else {
+        ListenerProtocol::Http
+    };
+    if !https && !l.protocol.eq_ignore_ascii_case("HTTP") {
         accepted = Err((
             "UnsupportedProtocol",
-            format!("protocol {} is not supported yet (only HTTP)", l.protocol),
+            format!(
+                "protocol {} is not supported yet (only HTTP and HTTPS)",
+                l.protocol
+            ),
+        ));
+    } else if https && !super::certificates::is_terminate(l.tls.as_ref()) {
+        accepted = Err((
+            "UnsupportedValue",
+            "tls.mode Passthrough is not supported on HTTPS listeners (use protocol TLS)".into(),
         ));
     } else if port.is_none() {
         accepted = Err((
@@ -166,6 +201,13 @@ fn listener(l: &GatewayListeners) -> ListenerCtx {
     if accepted.is_err() {
         supported_kinds.clear();
     }
+    let certificate = (https && accepted.is_ok())
+        .then(|| super::certificates::resolve(l.tls.as_ref(), gateway_ns, resources));
+    if let Some(Err(problem)) = &certificate {
+        // An invalid route kind and an invalid certificate both make ResolvedRefs
+        // False; the certificate problem is the one that stops serving.
+        resolved_refs = Err(problem.clone());
+    }
     let allows_http_route = !supported_kinds.is_empty();
     ListenerCtx {
         name: l.name.clone(),
@@ -177,6 +219,8 @@ fn listener(l: &GatewayListeners) -> ListenerCtx {
         accepted,
         resolved_refs,
         conflicted: None,
+        protocol,
+        certificate,
         attached: HashSet::new(),
         attachments: Vec::new(),
     }

@@ -8,6 +8,7 @@
 //! precedence order (`precedence`), and the status report.
 
 mod backends;
+mod certificates;
 mod conditions;
 mod duration;
 mod filters;
@@ -33,6 +34,7 @@ use crate::status::{
     Condition, GatewayStatus, ListenerStatus, ParentRefStatus, RouteParentStatus, RouteStatus,
     StatusReport,
 };
+use crate::tls::{PortTls, SniCertificates};
 use backends::{BackendResolver, GATEWAY_GROUP};
 use conditions::{condition, CONTROLLER_NAME};
 pub use duration::parse_duration;
@@ -244,8 +246,18 @@ fn build_ports(
     routes: &[CompiledRoute<'_>],
 ) -> BTreeMap<u16, Arc<PortConfig>> {
     let mut sets: BTreeMap<u16, ListenerSet> = BTreeMap::new();
+    let mut protocols: BTreeMap<u16, ListenerProtocol> = BTreeMap::new();
+    let mut certificates: BTreeMap<u16, (SniCertificates, Vec<String>)> = BTreeMap::new();
     for g in gateways {
         for l in g.listeners.iter().filter(|l| l.serves()) {
+            // Conflicts (protocol, hostname) were resolved in `listeners::collect`.
+            protocols.entry(l.port).or_insert(l.protocol);
+            if let Some(Ok(key)) = &l.certificate {
+                let (certs, names) = certificates.entry(l.port).or_default();
+                let hostname = l.hostname.display();
+                certs.add(hostname.as_deref(), key.clone());
+                names.push(hostname.unwrap_or_else(|| "*".into()));
+            }
             let listener = Arc::new(crate::snapshot::Listener {
                 gateway: g.key.clone(),
                 name: l.name.clone(),
@@ -268,12 +280,26 @@ fn build_ports(
             listeners
                 .wildcard
                 .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            let protocol = protocols
+                .get(&port)
+                .copied()
+                .unwrap_or(ListenerProtocol::Http);
+            let tls = certificates.remove(&port).and_then(|(certs, names)| {
+                match PortTls::new(certs, names) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        tracing::error!(port, "TLS configuration: {e}");
+                        None
+                    }
+                }
+            });
             (
                 port,
                 Arc::new(PortConfig {
                     port,
-                    protocol: ListenerProtocol::Http,
+                    protocol,
                     listeners,
+                    tls,
                 }),
             )
         })

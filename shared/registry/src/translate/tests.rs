@@ -3,5 +3,6 @@
 //! entry), plus the Gateway API conformance vectors when they are present.
 
 mod fixtures;
+mod tls;
 mod unit;
 mod vectors;

@@ -122,6 +122,7 @@ fn listener_isolation_and_conflicts() {
             "{name: wild, port: 80, protocol: HTTP, hostname: '*.example.com'}",
             "{name: dup, port: 80, protocol: HTTP, hostname: '*.example.com'}",
             "{name: tls, port: 443, protocol: HTTPS}",
+            "{name: udp, port: 53, protocol: UDP}",
         ],
     );
     y += &service("infra", "v1", 8080, 9001);
@@ -157,8 +158,15 @@ fn listener_isolation_and_conflicts() {
         cond("wild", "Conflicted"),
         ("False".into(), "NoConflicts".into())
     );
+    // HTTPS without certificateRefs: accepted, but its refs do not resolve and it is
+    // not programmed (port 443 is absent above).
     assert_eq!(
-        cond("tls", "Accepted"),
+        cond("tls", "ResolvedRefs"),
+        ("False".into(), "InvalidCertificateRef".into())
+    );
+    assert_eq!(cond("tls", "Programmed").0, "False");
+    assert_eq!(
+        cond("udp", "Accepted"),
         ("False".into(), "UnsupportedProtocol".into())
     );
     assert_eq!(
