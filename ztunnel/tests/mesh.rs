@@ -215,6 +215,72 @@ fn checksum(mut h: u64, data: &[u8]) -> u64 {
     h
 }
 
+/// From inside `pod`: an HBONE client presenting pod A's identity with a
+/// certificate from `ca` (trusting `root_pem`), tunnels "hbone" to pod B's
+/// app and reads the echo.
+fn hbone_client_echo(
+    pod: &Pod,
+    ca: mesh_tls::CertificateAuthority,
+    root_pem: String,
+) -> Result<Vec<u8>, String> {
+    in_netns(&pod.netns(), move || {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("monoio runtime")
+            .block_on(async move {
+                use monoio::io::{AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
+                let me: mesh_tls::Identity =
+                    "spiffe://cluster.local/ns/apps/sa/sa-a".parse().unwrap();
+                let cert = ca.issue_workload_cert(&me).map_err(|e| e.to_string())?;
+                let tls = std::sync::Arc::new(
+                    mesh_tls::HboneTls::from_workload_cert(&root_pem, &cert)
+                        .map_err(|e| e.to_string())?,
+                );
+                let connector = mesh_hbone::connect_fn(move |key: mesh_hbone::PoolKey| {
+                    let tls = tls.clone();
+                    async move {
+                        let tcp = monoio::net::TcpStream::connect(key.destination).await?;
+                        let expected: mesh_tls::Identity =
+                            "spiffe://cluster.local/ns/apps/sa/sa-b".parse().unwrap();
+                        let config = tls
+                            .client_config(&[expected])
+                            .map_err(std::io::Error::other)?;
+                        mesh_tls::connect(config, tcp)
+                            .await
+                            .map_err(std::io::Error::other)
+                    }
+                });
+                let pool = mesh_hbone::Pool::new(mesh_hbone::ClientConfig::default(), connector);
+                let key = mesh_hbone::PoolKey::new(
+                    Some("spiffe://cluster.local/ns/apps/sa/sa-a".into()),
+                    Some("spiffe://cluster.local/ns/apps/sa/sa-b".into()),
+                    "10.0.2.2:15008".parse().unwrap(),
+                );
+                let request = mesh_hbone::TunnelRequest::new(key, B_APP.parse().unwrap());
+                let tunnel = monoio::time::timeout(Duration::from_secs(10), pool.connect(&request))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                // A local socket pair carries the bytes into the tunnel.
+                let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let mut app = monoio::net::TcpStream::connect(addr).await.unwrap();
+                let (inner, _) = listener.accept().await.unwrap();
+                let (read, write) = monoio::io::Splitable::into_split(inner);
+                monoio::spawn(tunnel.pipe(read, write));
+                let (res, _) = app.write_all(b"hbone".to_vec()).await;
+                res.map_err(|e| e.to_string())?;
+                app.shutdown().await.map_err(|e| e.to_string())?;
+                let (res, buf) = app.read_exact(vec![0u8; 5]).await;
+                res.map_err(|e| e.to_string())?;
+                Ok(buf)
+            })
+    })
+    .join()
+    .unwrap()
+}
+
 fn write_config(path: &Path, text: &str) {
     // Write then rename: the watcher never reads a half-written file.
     let tmp = path.with_extension("tmp");
@@ -377,6 +443,25 @@ fn mesh_topology_inside() {
     write_config(&cfg1, &config("sa-b", ""));
     wait_echo(&POD_A, VIP, Duration::from_secs(10));
     eprintln!("ok: wrong peer identity refused");
+
+    // 8b. The server side refuses a client it cannot trust: an HBONE client
+    //     in pod C claiming pod A's identity with a certificate from another
+    //     CA is refused; the same client with a mesh certificate gets through.
+    let mesh_ca =
+        mesh_tls::CertificateAuthority::load(&ca.join("root-cert.pem"), &ca.join("ca-key.pem"))
+            .unwrap();
+    let foreign_ca = mesh_tls::CertificateAuthority::generate("cluster.local").unwrap();
+    let foreign = hbone_client_echo(&POD_C, foreign_ca, mesh_ca.root_pem().to_string());
+    assert!(foreign.is_err(), "a foreign CA's certificate was accepted");
+    let mesh_ca =
+        mesh_tls::CertificateAuthority::load(&ca.join("root-cert.pem"), &ca.join("ca-key.pem"))
+            .unwrap();
+    let root = mesh_ca.root_pem().to_string();
+    assert_eq!(hbone_client_echo(&POD_C, mesh_ca, root).unwrap(), b"hbone");
+    eprintln!(
+        "ok: HBONE client with an untrusted certificate refused ({})",
+        foreign.unwrap_err()
+    );
 
     // 9. Inbound plaintext (15006) from outside the mesh keeps the source.
     wait_echo(&POD_C, B_APP, Duration::from_secs(5));
