@@ -134,6 +134,37 @@ pub struct XdsClient {
     config: ClientConfig,
     resources: ResourceSet,
     stats: Arc<ClientStats>,
+    changes_tx: mpsc::UnboundedSender<SubscriptionChange>,
+    changes_rx: Option<mpsc::UnboundedReceiver<SubscriptionChange>>,
+}
+
+enum SubscriptionChange {
+    Subscribe(String, Vec<String>),
+    Unsubscribe(String, Vec<String>),
+}
+
+/// Changes a running client's subscriptions (on-demand resources). Changes made while the
+/// client is disconnected take effect on the next stream.
+#[derive(Clone)]
+pub struct SubscriptionHandle {
+    tx: mpsc::UnboundedSender<SubscriptionChange>,
+}
+
+impl SubscriptionHandle {
+    /// Subscribes to `names` of `type_url`; no names means all of them (wildcard).
+    /// Returns false if the client has stopped.
+    pub fn subscribe(&self, type_url: &str, names: Vec<String>) -> bool {
+        self.tx
+            .send(SubscriptionChange::Subscribe(type_url.to_string(), names))
+            .is_ok()
+    }
+
+    /// Drops `names` of `type_url`; the client forgets them (the callback sees them removed).
+    pub fn unsubscribe(&self, type_url: &str, names: Vec<String>) -> bool {
+        self.tx
+            .send(SubscriptionChange::Unsubscribe(type_url.to_string(), names))
+            .is_ok()
+    }
 }
 
 /// google.rpc.Code INVALID_ARGUMENT, what a proxy reports for config it cannot use.
@@ -141,10 +172,19 @@ const INVALID_ARGUMENT: i32 = 3;
 
 impl XdsClient {
     pub fn new(config: ClientConfig) -> Self {
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         XdsClient {
             config,
             resources: ResourceSet::new(),
             stats: Arc::new(ClientStats::default()),
+            changes_tx,
+            changes_rx: Some(changes_rx),
+        }
+    }
+
+    pub fn subscriptions(&self) -> SubscriptionHandle {
+        SubscriptionHandle {
+            tx: self.changes_tx.clone(),
         }
     }
 
@@ -160,9 +200,14 @@ impl XdsClient {
         F: FnMut(&Delta, &ResourceSet) -> Result<(), String>,
     {
         let mut backoff = self.config.initial_backoff;
+        let Some(mut changes) = self.changes_rx.take() else {
+            return;
+        };
         loop {
             let mut got_response = false;
-            let outcome = self.session(&mut on_update, &mut got_response).await;
+            let outcome = self
+                .session(&mut on_update, &mut changes, &mut got_response)
+                .await;
             self.stats.connected.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => {
@@ -181,10 +226,19 @@ impl XdsClient {
         }
     }
 
-    async fn session<F>(&mut self, on_update: &mut F, got_response: &mut bool) -> Result<(), String>
+    async fn session<F>(
+        &mut self,
+        on_update: &mut F,
+        changes: &mut mpsc::UnboundedReceiver<SubscriptionChange>,
+        got_response: &mut bool,
+    ) -> Result<(), String>
     where
         F: FnMut(&Delta, &ResourceSet) -> Result<(), String>,
     {
+        // Changes made while disconnected shape this stream's initial requests.
+        while let Ok(change) = changes.try_recv() {
+            self.change_subscription(change, on_update);
+        }
         let mut endpoint = tonic::transport::Endpoint::from_shared(self.config.address.clone())
             .map_err(|e| format!("bad xDS address {:?}: {e}", self.config.address))?
             .connect_timeout(self.config.connect_timeout)
@@ -237,19 +291,109 @@ impl XdsClient {
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
 
-        while let Some(response) = responses
-            .message()
-            .await
-            .map_err(|s| format!("stream: {s}"))?
-        {
-            *got_response = true;
-            self.stats.responses.fetch_add(1, Ordering::Relaxed);
-            let reply = self.apply(response, on_update);
-            tx.send(reply)
+        loop {
+            let request = tokio::select! {
+                message = responses.message() => {
+                    let Some(response) = message.map_err(|s| format!("stream: {s}"))? else {
+                        return Ok(());
+                    };
+                    *got_response = true;
+                    self.stats.responses.fetch_add(1, Ordering::Relaxed);
+                    self.apply(response, on_update)
+                }
+                Some(change) = changes.recv() => self.change_subscription(change, on_update),
+            };
+            tx.send(request)
                 .await
                 .map_err(|_| "request channel closed".to_string())?;
         }
-        Ok(())
+    }
+
+    /// Records a subscription change and returns the request that tells the server.
+    fn change_subscription<F>(
+        &mut self,
+        change: SubscriptionChange,
+        on_update: &mut F,
+    ) -> DeltaDiscoveryRequest
+    where
+        F: FnMut(&Delta, &ResourceSet) -> Result<(), String>,
+    {
+        match change {
+            SubscriptionChange::Subscribe(type_url, names) => {
+                let existing = self
+                    .config
+                    .subscriptions
+                    .iter_mut()
+                    .find(|s| s.type_url == type_url);
+                let subscribe = match existing {
+                    // A first request naming nothing is a wildcard subscription.
+                    None => {
+                        self.config.subscriptions.push(Subscription {
+                            type_url: type_url.clone(),
+                            names: names.clone(),
+                        });
+                        names
+                    }
+                    Some(existing) if names.is_empty() => {
+                        existing.names.clear();
+                        vec!["*".to_string()]
+                    }
+                    Some(existing) => {
+                        // An empty list is already a wildcard: it stays one.
+                        if !existing.names.is_empty() {
+                            for name in &names {
+                                if !existing.names.contains(name) {
+                                    existing.names.push(name.clone());
+                                }
+                            }
+                        }
+                        names
+                    }
+                };
+                DeltaDiscoveryRequest {
+                    type_url,
+                    resource_names_subscribe: subscribe,
+                    ..Default::default()
+                }
+            }
+            SubscriptionChange::Unsubscribe(type_url, names) => {
+                if let Some(existing) = self
+                    .config
+                    .subscriptions
+                    .iter_mut()
+                    .find(|s| s.type_url == type_url)
+                {
+                    let was_named = !existing.names.is_empty();
+                    existing.names.retain(|n| !names.contains(n));
+                    if was_named && existing.names.is_empty() {
+                        // No names left; an empty list would mean wildcard on reconnect.
+                        self.config.subscriptions.retain(|s| s.type_url != type_url);
+                    }
+                }
+                let mut delta = Delta {
+                    type_url: type_url.clone(),
+                    updated: Vec::new(),
+                    removed: Vec::new(),
+                };
+                if let Some(held) = self.resources.get_mut(&type_url) {
+                    for name in &names {
+                        if held.remove(name).is_some() {
+                            delta.removed.push(name.clone());
+                        }
+                    }
+                }
+                if !delta.removed.is_empty() {
+                    if let Err(error) = on_update(&delta, &self.resources) {
+                        tracing::warn!(%type_url, %error, "callback failed on unsubscribe");
+                    }
+                }
+                DeltaDiscoveryRequest {
+                    type_url,
+                    resource_names_unsubscribe: names,
+                    ..Default::default()
+                }
+            }
+        }
     }
 
     /// Applies one response; returns the ACK or NACK to send.

@@ -817,3 +817,54 @@ async fn one_change_reaches_a_hundred_subscribers() {
     }
     running.stop().await;
 }
+
+/// On-demand: a running client adds and drops named resources and whole types.
+#[tokio::test]
+async fn a_running_client_changes_its_subscriptions() {
+    let server = server();
+    server.update(|b| {
+        b.set(AUTHORIZATION, "ns/a", policy("ns", "a"));
+        b.set(AUTHORIZATION, "ns/b", policy("ns", "b"));
+        b.set(ADDRESS, "uid-a", workload("uid-a", "a", [10, 0, 0, 1]));
+    });
+    let running = serve_on(&server, "127.0.0.1:0".parse().unwrap()).await;
+    let config = ClientConfig::new(
+        format!("http://{}", running.addr),
+        "gateway~10.0.0.3~gw.ns~ns.svc.cluster.local",
+    )
+    .named(AUTHORIZATION, ["ns/a".to_string()]);
+    let client = XdsClient::new(config);
+    let handle = client.subscriptions();
+    let (tx, mut updates) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client.run(move |delta: &Delta, all: &ResourceSet| {
+        let _ = tx.send((delta.clone(), all.clone()));
+        Ok(())
+    }));
+    let (delta, _) = next(&mut updates).await;
+    assert_eq!(updated_names(&delta), ["ns/a"]);
+
+    assert!(handle.subscribe(AUTHORIZATION, vec!["ns/b".into()]));
+    let (delta, all) = next(&mut updates).await;
+    assert_eq!(updated_names(&delta), ["ns/b"]);
+    assert_eq!(names(&all, AUTHORIZATION), ["ns/a", "ns/b"]);
+
+    assert!(handle.unsubscribe(AUTHORIZATION, vec!["ns/a".into()]));
+    let (delta, all) = next(&mut updates).await;
+    assert_eq!(delta.removed, ["ns/a"]);
+    assert_eq!(names(&all, AUTHORIZATION), ["ns/b"]);
+
+    assert!(handle.subscribe(ADDRESS, vec![]));
+    let (delta, _) = next(&mut updates).await;
+    assert_eq!(
+        (delta.type_url.as_str(), updated_names(&delta)),
+        (ADDRESS, vec!["uid-a".to_string()])
+    );
+
+    // ns/a is no longer wanted: its change is not pushed; ns/b's is.
+    server.set(AUTHORIZATION, "ns/a", policy("ns", "a2"));
+    server.set(AUTHORIZATION, "ns/b", policy("ns", "b2"));
+    let (delta, _) = next(&mut updates).await;
+    assert_eq!(updated_names(&delta), ["ns/b"]);
+    task.abort();
+    running.stop().await;
+}
