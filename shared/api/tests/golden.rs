@@ -346,3 +346,41 @@ fn from_any_rejects_wrong_type_url() {
         mesh_api::from_any(mesh_api::type_url::AUTHORIZATION, &any).unwrap();
     assert_eq!(ok, sec::Authorization::default());
 }
+
+#[test]
+fn l7_proxy_round_trips_and_keeps_its_field_numbers() {
+    use mesh_api::ringmesh::l7::v1 as l7;
+    let proxy = l7::Proxy {
+        name: "gw".into(),
+        namespace: "ns".into(),
+        kind: l7::ProxyKind::Waypoint as i32,
+        listeners: vec![l7::Listener {
+            name: "http".into(),
+            port: 80,
+            routes: vec![l7::Route {
+                name: "ns/web".into(),
+                rules: vec![l7::RouteRule {
+                    backends: vec![l7::WeightedBackend {
+                        backend: "ns/web:8080".into(),
+                        weight: 90,
+                        filters: vec![],
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let bytes = proxy.encode_to_vec();
+    // name=1, namespace=2, kind=3 (WAYPOINT=1), then listeners=4.
+    assert_eq!(
+        &bytes[..10],
+        &cat(&[ld(&[0x0A], b"gw"), ld(&[0x12], b"ns"), vec![0x18, 0x01]])[..]
+    );
+    assert_eq!(bytes[10], 0x22);
+    let any = mesh_api::to_any(mesh_api::type_url::L7_PROXY, &proxy);
+    let back: l7::Proxy = mesh_api::from_any(mesh_api::type_url::L7_PROXY, &any).unwrap();
+    assert_eq!(back, proxy);
+}
