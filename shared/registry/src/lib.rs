@@ -6,6 +6,7 @@ pub mod status;
 pub mod tls;
 pub mod translate;
 pub mod workloads;
+pub mod xds;
 
 use std::sync::Arc;
 
