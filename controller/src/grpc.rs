@@ -1,0 +1,53 @@
+//! One tonic server carrying ADS and the CA service: plaintext (15010) or TLS (15012).
+
+use std::future::Future;
+use std::time::Duration;
+
+use mesh_tls::{CertificateAuthority, Identity};
+use mesh_xds::XdsServer;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::ca::CaService;
+
+/// Serves until `shutdown` completes, then ends the ADS streams (they would
+/// otherwise hold the graceful shutdown forever).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    xds: XdsServer,
+    ca: CaService,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let closer = xds.clone();
+    builder
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(xds.service())
+        .add_service(ca.into_server())
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            closer.close_streams();
+        })
+        .await?;
+    Ok(())
+}
+
+/// The controller's serving identity on 15012, issued by its own CA.
+pub fn serving_tls(
+    ca: &CertificateAuthority,
+    trust_domain: &str,
+) -> anyhow::Result<ServerTlsConfig> {
+    let identity = Identity::new(trust_domain, "istio-system", "ringmesh-controller")?;
+    let request = mesh_tls::generate_key_and_csr(&identity)?;
+    let issued = ca.sign_csr(&request.csr_pem, &identity, None)?;
+    let chain = issued.chain_pem.concat();
+    Ok(ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(chain, request.key_pem)))
+}

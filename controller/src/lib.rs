@@ -1,0 +1,12 @@
+//! ringmesh's controller: config folder → workload registry → Delta xDS
+//! (Istio's ztunnel types), the workload CA, and Gateway API status.
+//!
+//! The binary (`main.rs`) only parses flags and composes these modules.
+
+pub mod admin;
+pub mod ca;
+pub mod grpc;
+pub mod state;
+pub mod watch;
+
+pub use state::{Controller, ControllerOptions, ReloadOutcome, State};

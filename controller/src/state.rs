@@ -1,0 +1,139 @@
+//! Load → translate → publish. One [`Controller::reload`] is one xDS batch:
+//! `replace_type` per type URL, so removed objects are removed and unchanged
+//! ones cost nothing (content versions are hashes, stable across restarts).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mesh_api::type_url;
+use mesh_registry::status::StatusReport;
+use mesh_registry::workloads::WorkloadRegistry;
+use mesh_registry::xds::XdsResources;
+use mesh_registry::TranslateOptions;
+use mesh_xds::XdsServer;
+
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub config: PathBuf,
+    pub trust_domain: String,
+    /// GatewayClass whose Gateways' status we report.
+    pub gateway_class: String,
+}
+
+/// What the last successful load produced (what is being served).
+#[derive(Debug, Default)]
+pub struct State {
+    /// Successful loads so far (0: nothing loaded yet).
+    pub generation: u64,
+    pub registry: Arc<WorkloadRegistry>,
+    /// Gateway API status, including every rejected document in `config_errors`.
+    pub status: StatusReport,
+    pub addresses: usize,
+    pub authorizations: usize,
+    /// Set when the config path itself could not be read; the previous state keeps serving.
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Published; `config_errors` documents were rejected and left out.
+    Published { config_errors: usize },
+    /// The path could not be read: nothing changed.
+    Kept(String),
+}
+
+pub struct Controller {
+    options: ControllerOptions,
+    xds: XdsServer,
+    state: ArcSwap<State>,
+}
+
+impl Controller {
+    pub fn new(options: ControllerOptions, xds: XdsServer) -> Self {
+        Self {
+            options,
+            xds,
+            state: ArcSwap::from_pointee(State::default()),
+        }
+    }
+
+    pub fn options(&self) -> &ControllerOptions {
+        &self.options
+    }
+
+    pub fn xds(&self) -> &XdsServer {
+        &self.xds
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Reads the config path and publishes what it holds.
+    pub fn reload(&self) -> ReloadOutcome {
+        let loaded = match mesh_config::load_path(&self.options.config) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::warn!("config reload failed, keeping the last state: {message}");
+                let previous = self.state.load();
+                self.state.store(Arc::new(State {
+                    generation: previous.generation,
+                    registry: previous.registry.clone(),
+                    status: previous.status.clone(),
+                    addresses: previous.addresses,
+                    authorizations: previous.authorizations,
+                    last_reload_error: Some(message.clone()),
+                }));
+                return ReloadOutcome::Kept(message);
+            }
+        };
+        for error in &loaded.errors {
+            tracing::warn!("config document rejected: {error}");
+        }
+        let registry = WorkloadRegistry::build(&loaded.resources, &self.options.trust_domain);
+        let resources = XdsResources::build(&loaded.resources, &registry);
+        let translate_options = TranslateOptions {
+            gateway_class: self.options.gateway_class.clone(),
+            gateway: None,
+        };
+        let status = mesh_registry::translate_loaded(&loaded, &translate_options).status;
+        let (addresses, authorizations) =
+            (resources.address_anys(), resources.authorization_anys());
+        let counts = (addresses.len(), authorizations.len());
+        self.xds.update(|batch| {
+            batch.replace_type(type_url::ADDRESS, addresses);
+            batch.replace_type(type_url::AUTHORIZATION, authorizations);
+        });
+        let generation = self.state.load().generation + 1;
+        tracing::info!(
+            generation,
+            addresses = counts.0,
+            authorizations = counts.1,
+            config_errors = loaded.errors.len(),
+            "config published"
+        );
+        self.state.store(Arc::new(State {
+            generation,
+            registry: Arc::new(registry),
+            status,
+            addresses: counts.0,
+            authorizations: counts.1,
+            last_reload_error: None,
+        }));
+        ReloadOutcome::Published {
+            config_errors: loaded.errors.len(),
+        }
+    }
+}
+
+/// `controller status`: the Gateway API status of a config path, without serving.
+pub fn status_of(options: &ControllerOptions) -> anyhow::Result<StatusReport> {
+    let loaded = mesh_config::load_path(&options.config)?;
+    let translate_options = TranslateOptions {
+        gateway_class: options.gateway_class.clone(),
+        gateway: None,
+    };
+    Ok(mesh_registry::translate_loaded(&loaded, &translate_options).status)
+}
