@@ -87,6 +87,9 @@ pub struct Args {
     /// Do not apt-get install missing tools.
     #[arg(long)]
     pub no_install: bool,
+    /// Only redraw the SVG from the scenario's JSON in --out-dir (no runs).
+    #[arg(long)]
+    pub plot_only: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -165,7 +168,43 @@ fn one_run(
     }
 }
 
+/// The SVG of a gateway-http report.
+fn plot(report: &report::Report) -> String {
+    let at = report
+        .started_at
+        .get(..16)
+        .unwrap_or(&report.started_at)
+        .replace('T', " ");
+    let subtitle = vec![
+        format!(
+            "{} rounds x {}s per contender, {} connections, medians; {at} UTC on {} ({} CPUs)",
+            report.settings["rounds"],
+            report.settings["duration_s"],
+            report.settings["connections"],
+            report.machine.cpu_model,
+            report.machine.cpus,
+        ),
+        report.placement.clone(),
+    ];
+    svg::render(
+        "gateway-http: HTTP/1.1 proxy, one worker",
+        &subtitle,
+        &report.summary,
+    )
+}
+
 fn gateway_http(args: &Args) -> anyhow::Result<()> {
+    if args.plot_only {
+        let json_path = args.out_dir.join("gateway-http.json");
+        let text = std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+        let report: report::Report = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", json_path.display()))?;
+        let svg_path = args.out_dir.join("gateway-http.svg");
+        std::fs::write(&svg_path, plot(&report))?;
+        eprintln!("wrote {}", svg_path.display());
+        return Ok(());
+    }
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -348,30 +387,8 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     let json_path = args.out_dir.join("gateway-http.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
-    let subtitle = vec![
-        format!(
-            "{} rounds x {:?} per contender, {} connections, medians; {} UTC on {} ({} CPUs)",
-            args.rounds,
-            args.duration,
-            args.connections,
-            started_at
-                .get(..16)
-                .unwrap_or(&started_at)
-                .replace('T', " "),
-            report.machine.cpu_model,
-            report.machine.cpus,
-        ),
-        placement.clone(),
-    ];
     let svg_path = args.out_dir.join("gateway-http.svg");
-    std::fs::write(
-        &svg_path,
-        svg::render(
-            "gateway-http: HTTP/1.1 proxy, one worker",
-            &subtitle,
-            &report.summary,
-        ),
-    )?;
+    std::fs::write(&svg_path, plot(&report))?;
     eprintln!("wrote {} and {}", json_path.display(), svg_path.display());
     drop(running);
     drop(backend);

@@ -2,11 +2,11 @@
 //! baseline, the printed table and the JSON file.
 
 use super::wrk::LoadResult;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
 /// One load run against one contender.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub round: usize,
     pub contender: String,
@@ -20,7 +20,7 @@ pub struct Run {
 }
 
 /// Medians over the rounds for one (contender, tool).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub contender: String,
     pub tool: String,
@@ -142,7 +142,7 @@ pub fn table(summaries: &[Summary], baseline: &str) -> String {
     t
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
     pub started_at: String,
@@ -154,7 +154,7 @@ pub struct Report {
     pub runs: Vec<Run>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,

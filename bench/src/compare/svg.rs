@@ -135,6 +135,14 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
             TOP + PANEL_H + 18.0,
             esc(&label(s, summaries))
         );
+        if let Some(cpu) = s.proxy_cpu_us_per_request {
+            let _ = writeln!(
+                out,
+                r##"<text class="cpu" x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#555">{cpu:.1} µs CPU/req</text>"##,
+                x + w / 2.0,
+                TOP + PANEL_H + 33.0,
+            );
+        }
     }
 
     // Right: latency percentiles in ms.
@@ -231,6 +239,7 @@ mod tests {
         assert_eq!(svg.matches(r#"class="rps""#).count(), 2);
         assert_eq!(svg.matches(r#"class="latency""#).count(), 6);
         assert!(svg.contains("t &lt;x&gt;"));
+        assert_eq!(svg.matches("10.0 µs CPU/req").count(), 2);
         // The tallest bar fills the panel up to the nice maximum (100k): 65%.
         assert!(
             svg.contains(&format!(r#"height="{:.1}""#, PANEL_H * 0.65)),

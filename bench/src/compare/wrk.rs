@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use std::time::Duration;
 
 /// What one load run measured, whichever tool ran it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoadResult {
     pub requests: u64,
     pub seconds: f64,
