@@ -8,6 +8,7 @@ mod compare;
 mod conformance;
 mod echo;
 mod load;
+mod reftunnel;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     Load(load::Args),
     /// Side-by-side benchmark scenario against nginx / HAProxy / direct.
     Compare(compare::Args),
+    /// Reference HBONE tunnel (tokio + tokio-rustls + h2) and TCP traffic tools.
+    Reftunnel(reftunnel::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Conformance(a) => conformance::run(a),
         Command::Load(a) => load::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Reftunnel(a) => reftunnel::run(a),
     }
 }

@@ -8,6 +8,9 @@
 //! differs. `direct` sends the load straight to the backend.
 
 mod contenders;
+mod hbone;
+mod hbone_report;
+mod hbone_topology;
 mod loadrun;
 mod procs;
 mod report;
@@ -34,6 +37,10 @@ pub enum Scenario {
     /// The load generator itself vs wrk against the backend directly (max rate
     /// ratio) plus open-loop rate accuracy.
     Loadgen,
+    /// One tunneled stream: ringmesh ztunnels vs tokio reference tunnel vs direct (hbone.rs).
+    HboneBulk,
+    /// New tunneled connection per request: connections/s (hbone.rs).
+    HboneConnrate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::GatewayHttp => gateway_http(&args),
         Scenario::Loadgen => selfcheck::loadgen(&args),
+        Scenario::HboneBulk => hbone::run(&args, hbone::Measure::Bulk),
+        Scenario::HboneConnrate => hbone::run(&args, hbone::Measure::Connrate),
     }
 }
 
