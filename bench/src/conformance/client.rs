@@ -3,7 +3,33 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A probe connection: plain TCP or TLS over TCP (read timeouts are set on the socket).
+pub trait ProbeConn: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl ProbeConn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ProbeConn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+/// TLS settings of an https probe: the client config (trusting the test
+/// certificate) and the server name sent as SNI.
+#[derive(Clone)]
+pub struct ProbeTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub sni: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
@@ -41,10 +67,38 @@ pub fn send(
     req: &HttpRequest,
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
+    send_with(addr, req, timeout, None)
+}
+
+/// `send`, over TLS when `tls` is given (the handshake happens with the first write).
+pub fn send_with(
+    addr: SocketAddr,
+    req: &HttpRequest,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> Result<HttpResponse, String> {
     let deadline = Instant::now() + timeout;
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => exchange(stream, req, deadline),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(tls.sni.clone())
+                .map_err(|e| format!("SNI {:?}: {e}", tls.sni))?;
+            let conn = rustls::ClientConnection::new(tls.config.clone(), name)
+                .map_err(|e| format!("TLS client: {e}"))?;
+            let _ = stream.set_read_timeout(Some(timeout));
+            exchange(rustls::StreamOwned::new(conn, stream), req, deadline)
+        }
+    }
+}
+
+fn exchange(
+    mut stream: impl ProbeConn,
+    req: &HttpRequest,
+    deadline: Instant,
+) -> Result<HttpResponse, String> {
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\n",
         req.method, req.path, req.host
@@ -60,7 +114,7 @@ pub fn send(
 }
 
 fn read_some(
-    stream: &mut TcpStream,
+    stream: &mut impl ProbeConn,
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<usize, String> {
@@ -69,6 +123,7 @@ fn read_some(
         return Err("timed out waiting for the response".into());
     }
     stream
+        .tcp()
         .set_read_timeout(Some(deadline - now))
         .map_err(|e| e.to_string())?;
     let mut chunk = [0u8; 16 * 1024];
@@ -88,12 +143,14 @@ fn read_some(
         {
             Err("timed out waiting for the response".into())
         }
+        // TLS: the server closed TCP without close_notify; the framing decides.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
         Err(e) => Err(format!("read: {e}")),
     }
 }
 
 fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut impl ProbeConn,
     method: &str,
     deadline: Instant,
 ) -> Result<HttpResponse, String> {

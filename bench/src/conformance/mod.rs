@@ -4,6 +4,7 @@
 //! Prints one line per test (`PASS Name 9/9`, `FAIL Name 7/9` plus one indented line per
 //! failed case, `SKIP Name: why`) and a final `N passed, M failed` counting cases.
 
+mod certs;
 mod checks;
 mod client;
 mod netns;
@@ -39,7 +40,7 @@ pub struct Args {
     pub min_pass_rate: f64,
     /// Features whose tests are skipped. Pseudo-features: HTTPS (https scheme, SNI or
     /// HTTPS-listener cases) and H2C (h2c/gRPC scheme cases).
-    #[arg(long, value_delimiter = ',', default_value = "GRPCRoute,HTTPS,H2C")]
+    #[arg(long, value_delimiter = ',', default_value = "GRPCRoute,H2C")]
     pub skip_features: Vec<String>,
     /// Per-case give-up time for the eventual-consistency loop (Go duration syntax).
     #[arg(long, default_value = "10s")]
@@ -323,12 +324,34 @@ fn run_test(
                     let mut target = runner::Target {
                         gateway: &mut process,
                         port,
-                        scheme,
+                        scheme: scheme.clone(),
                         echoes,
                         case_timeout,
+                        tls: None,
                     };
                     let mut group_failed = false;
                     for case in cases {
+                        // HTTPS cases go to the Gateway's HTTPS listener with a TLS client
+                        // that trusts the test certificate.
+                        let https = case.scheme.as_deref().or(test.target.scheme.as_deref())
+                            == Some("https");
+                        target.tls = None;
+                        if https {
+                            target.port =
+                                setup::gateway_port(gateway, test, env, "HTTPS").unwrap_or(443);
+                            target.scheme = "https".into();
+                            match certs::test_certificate(&setup::listener_hostnames(env)) {
+                                Ok(cert) => target.tls = Some(cert.client_config.clone()),
+                                Err(e) => {
+                                    group_failed = true;
+                                    results.push((case.id.clone(), Err(e)));
+                                    continue;
+                                }
+                            }
+                        } else {
+                            target.port = port;
+                            target.scheme = scheme.clone();
+                        }
                         let result = runner::run_case(case, &mut target);
                         group_failed |= result.is_err();
                         results.push((case.id.clone(), result));

@@ -24,6 +24,8 @@ pub struct Target<'a> {
     pub scheme: String,
     pub echoes: &'a [EchoProcess],
     pub case_timeout: Duration,
+    /// https cases: the TLS client config (trusting the test certificate).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Replaces the per-probe placeholders of the vectors.
@@ -77,8 +79,9 @@ pub fn run_case(case: &Case, target: &mut Target<'_>) -> Result<(), String> {
     match case.kind.as_deref() {
         None | Some("http") => {
             let (port, scheme, echoes) = (target.port, target.scheme.clone(), target.echoes);
+            let tls = target.tls.clone();
             eventually(timeout, target.gateway, || {
-                probe_http(case, port, &scheme, echoes)
+                probe_http(case, port, &scheme, echoes, tls.as_ref())
             })
         }
         Some("distribution") => run_distribution(case, target),
@@ -105,7 +108,7 @@ fn build_request(case: &Case, uuid: &str, port: u16, scheme: &str) -> (HttpReque
     let path = substitute(case.request.path.as_deref().unwrap_or("/"), uuid);
     let explicit_host = case.request.host.as_ref().map(|h| substitute(h, uuid));
     let host = explicit_host.clone().unwrap_or_else(|| {
-        if port == 80 {
+        if (port == 80 && scheme == "http") || (port == 443 && scheme == "https") {
             "127.0.0.1".to_string()
         } else {
             format!("127.0.0.1:{port}")
@@ -141,9 +144,23 @@ fn build_request(case: &Case, uuid: &str, port: u16, scheme: &str) -> (HttpReque
     (request, sent)
 }
 
-fn probe_http(case: &Case, port: u16, scheme: &str, echoes: &[EchoProcess]) -> Result<(), String> {
+fn probe_http(
+    case: &Case,
+    port: u16,
+    scheme: &str,
+    echoes: &[EchoProcess],
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<(), String> {
     let uuid = uuid::Uuid::new_v4().to_string();
     let (request, sent) = build_request(case, &uuid, port, scheme);
+    // SNI: the case's, else the Host without its port (IP addresses send none).
+    let probe_tls = tls.map(|config| client::ProbeTls {
+        config: config.clone(),
+        sni: case.request.sni.clone().unwrap_or_else(|| {
+            let host = request.host.as_str();
+            host.rsplit_once(':').map_or(host, |(h, _)| h).to_string()
+        }),
+    });
     let mut expect = case.expect.clone();
     if let Some(up) = expect.upstream.as_mut() {
         up.path = up.path.as_ref().map(|p| substitute(p, &uuid));
@@ -152,7 +169,7 @@ fn probe_http(case: &Case, port: u16, scheme: &str, echoes: &[EchoProcess]) -> R
         }
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let result = client::send(addr, &request, PROBE_TIMEOUT)
+    let result = client::send_with(addr, &request, PROBE_TIMEOUT, probe_tls.as_ref())
         .and_then(|response| checks::check_http(&expect, &sent, &response));
     if let Err(reason) = result {
         return Err(with_backend_trace(reason, &uuid, &sent.path, echoes));

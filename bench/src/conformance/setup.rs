@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Value as Json};
 
+use super::certs::{test_certificate, TEST_CERT_SECRET};
 use super::procs::EchoProcess;
 use super::vectors::{Environment, TestFile};
 
@@ -29,8 +30,9 @@ pub fn http_services(env: &Environment) -> Vec<(String, String, usize)> {
         .collect()
 }
 
-/// Base gateways that only use plain HTTP listeners (the HTTPS one needs certificates).
-fn http_gateways(env: &Environment) -> Vec<(String, String, Vec<Json>)> {
+/// Base gateways. HTTPS listeners without `tls` get the test certificate's Secret
+/// (`_environment.yaml`: all of them use it).
+fn base_gateways(env: &Environment) -> Vec<(String, String, Vec<Json>)> {
     env.gateways
         .iter()
         .filter_map(|(key, spec)| {
@@ -39,13 +41,63 @@ fn http_gateways(env: &Environment) -> Vec<(String, String, Vec<Json>)> {
                 .listeners
                 .iter()
                 .filter_map(|l| serde_json::to_value(l).ok())
+                .map(|mut l| {
+                    let https = l.get("protocol").and_then(Json::as_str) == Some("HTTPS");
+                    if https && l.get("tls").is_none() {
+                        l["tls"] = json!({"certificateRefs": [
+                            {"kind": "Secret", "name": TEST_CERT_SECRET}
+                        ]});
+                    }
+                    l
+                })
                 .collect();
-            let all_http = listeners
-                .iter()
-                .all(|l| l.get("protocol").and_then(Json::as_str) == Some("HTTP"));
-            all_http.then(|| (ns.to_string(), name.to_string(), listeners))
+            Some((ns.to_string(), name.to_string(), listeners))
         })
         .collect()
+}
+
+/// Every listener hostname of the environment's Gateways (the test certificate covers them).
+pub fn listener_hostnames(env: &Environment) -> Vec<String> {
+    env.gateways
+        .values()
+        .flat_map(|g| g.listeners.iter())
+        .filter_map(|l| serde_json::to_value(l).ok())
+        .filter_map(|l| l.get("hostname")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The test certificate as a `kubernetes.io/tls` Secret in every namespace that has
+/// an HTTPS listener.
+fn certificate_secrets(env: &Environment) -> anyhow::Result<Vec<Json>> {
+    let mut namespaces: Vec<&str> = env
+        .gateways
+        .iter()
+        .filter(|(_, spec)| {
+            spec.listeners.iter().any(|l| {
+                serde_json::to_value(l)
+                    .ok()
+                    .is_some_and(|l| l.get("protocol").and_then(Json::as_str) == Some("HTTPS"))
+            })
+        })
+        .filter_map(|(key, _)| key.split_once('/').map(|(ns, _)| ns))
+        .collect();
+    namespaces.dedup();
+    if namespaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cert = test_certificate(&listener_hostnames(env)).map_err(anyhow::Error::msg)?;
+    Ok(namespaces
+        .into_iter()
+        .map(|ns| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": TEST_CERT_SECRET, "namespace": ns},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": cert.cert_pem, "tls.key": cert.key_pem},
+            })
+        })
+        .collect())
 }
 
 pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
@@ -62,7 +114,11 @@ pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
             "metadata": {"name": name, "labels": spec.labels},
         }));
     }
-    for (ns, name, listeners) in http_gateways(env) {
+    match certificate_secrets(env) {
+        Ok(secrets) => docs.extend(secrets),
+        Err(e) => eprintln!("conformance: no test certificate for HTTPS listeners: {e:#}"),
+    }
+    for (ns, name, listeners) in base_gateways(env) {
         docs.push(json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "Gateway",
@@ -176,6 +232,16 @@ pub fn substitute_class(text: &str) -> String {
 /// The listener port requests for `gateway` ("ns/name") go to: its first HTTP listener,
 /// from the test's manifests or the environment.
 pub fn gateway_http_port(gateway: &str, test: &TestFile, env: &Environment) -> Option<u16> {
+    gateway_port(gateway, test, env, "HTTP")
+}
+
+/// The port of `gateway`'s first listener with `protocol` (HTTP or HTTPS).
+pub fn gateway_port(
+    gateway: &str,
+    test: &TestFile,
+    env: &Environment,
+    protocol: &str,
+) -> Option<u16> {
     let (ns, name) = gateway.split_once('/')?;
     let from_manifest = test.manifests.iter().find_map(|m| {
         let m = serde_json::to_value(m).ok()?;
@@ -198,7 +264,7 @@ pub fn gateway_http_port(gateway: &str, test: &TestFile, env: &Environment) -> O
             .collect(),
     };
     listeners.iter().find_map(|l| {
-        (l.get("protocol")?.as_str()? == "HTTP").then_some(l.get("port")?.as_u64()? as u16)
+        (l.get("protocol")?.as_str()? == protocol).then_some(l.get("port")?.as_u64()? as u16)
     })
 }
 

@@ -93,7 +93,7 @@ impl SniCertificates {
             Some(h) => match h.strip_prefix('*') {
                 Some(suffix) => {
                     self.wildcard.push((suffix.to_string(), key));
-                    self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                    self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
                 }
                 None => {
                     self.exact.insert(h, key);
