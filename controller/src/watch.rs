@@ -14,9 +14,12 @@ use crate::state::Controller;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_DEPTH: usize = 16;
 
+/// One file as seen by `stat`: path, modified time, length, inode.
+type FileStamp = (PathBuf, Option<SystemTime>, u64, u64);
+
 /// What the files look like; `Err` when the path cannot be read.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Fingerprint(Result<Vec<(PathBuf, Option<SystemTime>, u64, u64)>, String>);
+pub struct Fingerprint(Result<Vec<FileStamp>, String>);
 
 impl Fingerprint {
     pub fn of(path: &Path) -> Self {
@@ -32,11 +35,7 @@ impl Fingerprint {
     }
 }
 
-fn collect(
-    path: &Path,
-    depth: usize,
-    out: &mut Vec<(PathBuf, Option<SystemTime>, u64, u64)>,
-) -> std::io::Result<()> {
+fn collect(path: &Path, depth: usize, out: &mut Vec<FileStamp>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
