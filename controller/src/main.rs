@@ -98,6 +98,7 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
         },
         xds.clone(),
     ));
+    let baseline = watch::Fingerprint::of(&controller.options().config);
     // A config path that cannot be read at start is fatal; later it only keeps the last state.
     if let ringmesh_controller::ReloadOutcome::Kept(e) = controller.reload() {
         anyhow::bail!("{e}");
@@ -139,7 +140,7 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(admin::serve(admin_listener, controller.clone()));
-    tokio::spawn(watch::run(controller.clone()));
+    tokio::spawn(watch::run(controller.clone(), baseline));
 
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -68,10 +68,12 @@ fn collect(path: &Path, depth: usize, out: &mut Vec<FileStamp>) -> std::io::Resu
     Ok(())
 }
 
-/// Runs forever: reloads `controller` whenever the fingerprint changes.
-pub async fn run(controller: Arc<Controller>) {
+/// Runs forever: reloads `controller` whenever the fingerprint differs from
+/// `baseline`, which must be taken *before* the load it describes (an edit
+/// between that load and this task starting would otherwise go unnoticed).
+pub async fn run(controller: Arc<Controller>, baseline: Fingerprint) {
     let path = controller.options().config.clone();
-    let mut last = Fingerprint::of(&path);
+    let mut last = baseline;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
