@@ -2,11 +2,13 @@
 //! `replace_type` per type URL, so removed objects are removed and unchanged
 //! ones cost nothing (content versions are hashes, stable across restarts).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use mesh_api::type_url;
+use mesh_config::Resources;
 use mesh_registry::status::StatusReport;
 use mesh_registry::workloads::WorkloadRegistry;
 use mesh_registry::xds::XdsResources;
@@ -47,6 +49,8 @@ pub struct Controller {
     options: ControllerOptions,
     xds: XdsServer,
     state: ArcSwap<State>,
+    /// What the last publish was built from (for last-good retention per file).
+    published: Mutex<Resources>,
 }
 
 impl Controller {
@@ -55,6 +59,7 @@ impl Controller {
             options,
             xds,
             state: ArcSwap::from_pointee(State::default()),
+            published: Mutex::new(Resources::default()),
         }
     }
 
@@ -72,7 +77,7 @@ impl Controller {
 
     /// Reads the config path and publishes what it holds.
     pub fn reload(&self) -> ReloadOutcome {
-        let loaded = match mesh_config::load_path(&self.options.config) {
+        let mut loaded = match mesh_config::load_path(&self.options.config) {
             Ok(loaded) => loaded,
             Err(e) => {
                 let message = format!("{e:#}");
@@ -91,6 +96,12 @@ impl Controller {
         };
         for error in &loaded.errors {
             tracing::warn!("config document rejected: {error}");
+        }
+        let broken: HashSet<PathBuf> = loaded.errors.iter().map(|e| e.file.clone()).collect();
+        {
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            retain_last_good(&mut loaded.resources, &published, &broken);
+            *published = loaded.resources.clone();
         }
         let registry = WorkloadRegistry::build(&loaded.resources, &self.options.trust_domain);
         let resources = XdsResources::build(&loaded.resources, &registry);
@@ -126,6 +137,38 @@ impl Controller {
             config_errors: loaded.errors.len(),
         }
     }
+}
+
+/// A file with a rejected document keeps serving what it held in the last
+/// publish (objects its new text no longer yields), so a broken edit changes
+/// nothing until it is fixed; objects from healthy files follow their files.
+fn retain_last_good(new: &mut Resources, previous: &Resources, broken: &HashSet<PathBuf>) {
+    if broken.is_empty() {
+        return;
+    }
+    macro_rules! keep {
+        ($($kind:ident),*) => {$(
+            for (key, object) in &previous.$kind {
+                if broken.contains(&object.meta.file) && !new.$kind.contains_key(key) {
+                    new.$kind.insert(key.clone(), object.clone());
+                }
+            }
+        )*};
+    }
+    keep!(
+        gateway_classes,
+        gateways,
+        http_routes,
+        reference_grants,
+        namespaces,
+        services,
+        endpoint_slices,
+        secrets,
+        service_entries,
+        pods,
+        authorization_policies,
+        peer_authentications
+    );
 }
 
 /// `controller status`: the Gateway API status of a config path, without serving.

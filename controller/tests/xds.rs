@@ -164,27 +164,33 @@ async fn ztunnel_client_gets_registry_edits_and_survives_restart() {
     assert_eq!(deny.scope, Scope::Namespace as i32);
     assert_eq!(deny.groups[0].rules[0].matches[0].destination_ports, [22]);
 
-    // A broken edit: reported on /status, and nothing is pushed — the next
+    // A broken edit (pod c's document made invalid): reported on /status, the
+    // file's last good objects keep serving, and nothing is pushed — the next
     // delta the client sees is the following good edit alone.
     let generation = controller.status()["generation"].as_u64().unwrap();
     write_file(
-        &dir.join("broken.yaml"),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: apps}\nspec: {ports: 42}\n",
+        &dir.join("c.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: apps}\nspec: {nodeName: [x]}\n",
     );
     let status =
         controller.wait_status(PUSH_LIMIT, |s| s["generation"].as_u64() > Some(generation));
     let errors = status["config_errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{status:#}");
-    assert!(
-        errors[0].as_str().unwrap().contains("broken.yaml"),
-        "{errors:?}"
-    );
+    assert!(errors[0].as_str().unwrap().contains("c.yaml"), "{errors:?}");
+    assert_eq!(status["resources"]["addresses"], 4, "pod c still served");
+    // Fixing it back to what was served pushes nothing either.
+    let generation = status["generation"].as_u64().unwrap();
+    write_file(&dir.join("c.yaml"), &pod("c", "10.0.0.4", "node1", "b"));
+    controller.wait_status(PUSH_LIMIT, |s| {
+        s["generation"].as_u64() > Some(generation)
+            && s["config_errors"].as_array().is_some_and(|e| e.is_empty())
+    });
     write_file(&dir.join("d.yaml"), &pod("d", "10.0.0.5", "node2", "d"));
     let delta = ztunnel.next(PUSH_LIMIT).await;
     assert_eq!(
         names(&delta),
         ["Kubernetes//Pod/apps/d"],
-        "the broken edit pushed something"
+        "the broken edit or its fix pushed something"
     );
 
     // Restart on the same port: the client resyncs with initial_resource_versions
