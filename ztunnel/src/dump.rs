@@ -1,6 +1,6 @@
-//! `/config_dump` of the workload registry. The runtime's admin `/config_dump`
-//! shows its own (gateway) snapshot, which is empty for ztunnel, so ztunnel
-//! serves its registry on a separate, optional address (`--config-dump-addr`).
+//! `/config_dump` of the workload registry: served on the admin port (the
+//! runtime calls [`render`] instead of showing its empty gateway snapshot),
+//! and also on an optional separate address (`--config-dump-addr`).
 //! Control-plane only: one blocking thread, one request at a time.
 
 use std::io::{Read, Write};
@@ -50,18 +50,7 @@ fn serve(
     let line = String::from_utf8_lossy(&head);
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = if path == "/config_dump" {
-        let registry = registry.load();
-        let mut captured: Vec<_> = registry
-            .captured_on_node(node)
-            .iter()
-            .map(|w| w.uid.clone())
-            .collect();
-        captured.sort();
-        let dump = serde_json::json!({
-            "node": node,
-            "captured_pods": captured,
-            "registry": &**registry,
-        });
+        let dump = render(node, registry);
         (
             "200 OK",
             serde_json::to_string_pretty(&dump).unwrap_or_default(),
@@ -74,4 +63,20 @@ fn serve(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// The node, the pods it captures, and the whole workload registry.
+pub fn render(node: &str, registry: &ArcSwap<WorkloadRegistry>) -> serde_json::Value {
+    let registry = registry.load();
+    let mut captured: Vec<_> = registry
+        .captured_on_node(node)
+        .iter()
+        .map(|w| w.uid.clone())
+        .collect();
+    captured.sort();
+    serde_json::json!({
+        "node": node,
+        "captured_pods": captured,
+        "registry": &**registry,
+    })
 }

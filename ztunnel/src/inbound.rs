@@ -47,7 +47,18 @@ pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
         peer_addr: Some(peer),
         local_addr: None,
     };
-    if let Err(e) = server.serve(tls, info).await {
+    // On shutdown: GOAWAY (no new streams), open streams finish.
+    let drain = proxy.worker.drain().clone();
+    let serving = server.serve(tls, info);
+    let mut serving = std::pin::pin!(serving);
+    let result = monoio::select! {
+        result = &mut serving => result,
+        _ = drain.signaled() => {
+            server.shutdown();
+            serving.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(pod = %proxy.workload.uid, %peer, error = %e, "HBONE connection ended");
     }
 }

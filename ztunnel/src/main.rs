@@ -62,7 +62,8 @@ struct Args {
     /// auto, io-uring or epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
-    /// Serve `/config_dump` (the workload registry as JSON) on this address.
+    /// Also serve `/config_dump` (the workload registry as JSON, as on the
+    /// admin port) on this address.
     #[arg(long)]
     config_dump_addr: Option<SocketAddr>,
     /// Connect to apps from the pod's own address instead of the client's.
@@ -194,6 +195,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     mesh_runtime::publish(&snapshots, Snapshot::default());
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots);
     runtime.add_metrics(metrics);
+    let dump_registry = registry.clone();
+    let node = args.node.clone();
+    runtime.set_config_dump(Arc::new(move || dump::render(&node, &dump_registry)));
     let reload_path = args.config.clone();
     let trust_domain = args.trust_domain.clone();
     runtime.watch_config(

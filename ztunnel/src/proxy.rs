@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mesh_hbone::{ClientConfig, Connect, Pool, PoolKey};
 use mesh_registry::workloads::{Workload, WorkloadRegistry};
+use mesh_runtime::WorkerHandle;
 use mesh_tls::{HboneTls, Identity, TlsStream};
 
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -53,6 +54,9 @@ pub struct PodProxy {
     pub next_endpoint: Cell<usize>,
     /// Logged once: transparent connects are not possible here.
     pub transparent_failed: Cell<bool>,
+    /// This worker: its drain signal and its active-connection count, which
+    /// the runtime's shutdown waits on.
+    pub worker: WorkerHandle,
 }
 
 impl PodProxy {
@@ -136,6 +140,10 @@ impl Connect for PodConnector {
 /// Runs on each worker thread: binds the three listeners of every captured
 /// pod inside its namespace and spawns their accept loops.
 pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
+    let Some(handle) = WorkerHandle::current() else {
+        tracing::error!(worker, "not on a runtime worker thread; no pod listeners");
+        return;
+    };
     let metrics = shared.metrics.workers[worker % shared.metrics.workers.len()].clone();
     for pod in &shared.pods {
         let connector = PodConnector {
@@ -153,6 +161,7 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
             metrics: metrics.clone(),
             next_endpoint: Cell::new(worker),
             transparent_failed: Cell::new(false),
+            worker: handle.clone(),
         });
         for port in [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT] {
             match sockets::bind_listener(&pod.netns, port, !shared.uring) {
@@ -174,18 +183,34 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
     }
 }
 
+/// Accepts until shutdown starts, then drops the listener (new connections
+/// are refused) while the connections already accepted finish: each holds a
+/// guard counted in the worker's drain.
 async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<PodProxy>) {
+    let drain = proxy.worker.drain().clone();
     loop {
-        match listener.accept().await {
+        let accepted = monoio::select! {
+            _ = drain.signaled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let peer = unmap(peer);
                 let proxy = proxy.clone();
+                let guard = proxy.worker.track_connection();
                 match port {
-                    OUTBOUND_PORT => monoio::spawn(outbound::handle(proxy, stream, peer)),
-                    INBOUND_PLAINTEXT_PORT => {
-                        monoio::spawn(inbound_plaintext::handle(proxy, stream, peer))
-                    }
-                    _ => monoio::spawn(inbound::handle(proxy, stream, peer)),
+                    OUTBOUND_PORT => monoio::spawn(async move {
+                        outbound::handle(proxy, stream, peer).await;
+                        drop(guard);
+                    }),
+                    INBOUND_PLAINTEXT_PORT => monoio::spawn(async move {
+                        inbound_plaintext::handle(proxy, stream, peer).await;
+                        drop(guard);
+                    }),
+                    _ => monoio::spawn(async move {
+                        inbound::handle(proxy, stream, peer).await;
+                        drop(guard);
+                    }),
                 };
             }
             Err(e) => {
@@ -194,6 +219,9 @@ async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<Po
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    if proxy.worker.index() == 0 {
+        tracing::info!(pod = %proxy.workload.uid, port, "draining: stopped accepting");
     }
 }
 

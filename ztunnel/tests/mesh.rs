@@ -147,6 +147,16 @@ fn exchange(pod: &Pod, to: &str, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
     .unwrap()
 }
 
+/// Whether a TCP connection from inside `pod` to `to` is accepted (closed at once).
+fn connects(pod: &Pod, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(&pod.netns(), move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
 /// Retries `exchange` until it echoes, or fails after `limit`.
 fn wait_echo(pod: &Pod, to: &str, limit: Duration) -> Duration {
     let start = Instant::now();
@@ -317,6 +327,18 @@ fn mesh_topology_inside() {
     );
     assert!(dump.contains("\"10.96.0.10:80\""), "{dump}");
     assert!(z2.config_dump().contains("\"apps/b\""));
+    // The admin port's /config_dump serves the same registry (not the
+    // runtime's empty gateway snapshot).
+    let admin_dump = z1.admin_config_dump();
+    assert!(admin_dump.starts_with("HTTP/1.1 200"), "{admin_dump}");
+    assert!(
+        admin_dump.contains("\"captured_pods\": [\n    \"apps/a\"\n  ]"),
+        "{admin_dump}"
+    );
+    assert!(admin_dump.contains("\"10.96.0.10:80\""), "{admin_dump}");
+    assert!(admin_dump.contains("\"node\": \"node1\""), "{admin_dump}");
+    assert!(z2.admin_config_dump().contains("\"apps/b\""));
+    eprintln!("ok: admin /config_dump lists the workloads");
 
     // 1. Outside the mesh: plain passthrough from the captured pod A.
     wait_echo(&POD_A, "10.0.1.3:9000", Duration::from_secs(5));
@@ -501,6 +523,63 @@ fn mesh_topology_inside() {
         "ok: after restart, a new connection succeeded {:?} after start ({waited:?} polling)",
         restarted.elapsed()
     );
+
+    // 11. SIGTERM drains: a tunneled connection open when both ztunnels get
+    //     SIGTERM still completes its exchange, then both exit 0.
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let mut conn = in_netns(&POD_A.netns(), move || {
+        TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+    })
+    .join()
+    .unwrap()
+    .expect("connect to the VIP");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before", "the tunnel works before the signal");
+    let mut z1 = z1;
+    z1.terminate();
+    z2.terminate();
+    // Wait until both processes took the signal (ready turns 503 draining)
+    // and their workers stopped accepting in the pods (new connections are
+    // refused): from then on only the drain keeps them alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for z in [&z1, &z2] {
+        while !z
+            .ready_status()
+            .is_some_and(|status| status.contains("503"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node{} never started draining",
+                z.node
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (pod, to) in [(&POD_A, VIP), (&POD_C, B_APP)] {
+        while connects(pod, to) {
+            assert!(
+                Instant::now() < deadline,
+                "{to} still accepted while draining"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    conn.write_all(b" and after").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b" and after", "the exchange finished after SIGTERM");
+    drop(conn);
+    let status1 = z1.wait_exit();
+    let status2 = z2.wait_exit();
+    assert!(status1.success(), "node1 ztunnel exited with {status1}");
+    assert!(status2.success(), "node2 ztunnel exited with {status2}");
+    eprintln!("ok: SIGTERM drains an open tunneled connection, then exits 0");
+
     drop(z1);
     drop(z2);
     let _ = std::fs::remove_dir_all(&dir);

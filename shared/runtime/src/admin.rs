@@ -6,6 +6,13 @@ use crate::http_responder::{Request, Response};
 /// Admin: `/config_dump`, `/status`, `/quitquitquit`, `/healthz/ready`, `/logging`.
 pub(crate) fn admin(state: &ControlState, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/config_dump") if state.config_dump.is_some() => {
+            let dump = state.config_dump.as_ref().expect("checked by the guard");
+            match serde_json::to_string_pretty(&dump()) {
+                Ok(json) => Response::json(json),
+                Err(e) => Response::text(500, format!("cannot serialize the config dump: {e}\n")),
+            }
+        }
         ("GET", "/config_dump") => match serde_json::to_string_pretty(&**state.snapshots.load()) {
             Ok(json) => Response::json(json),
             Err(e) => Response::text(500, format!("cannot serialize the snapshot: {e}\n")),

@@ -21,6 +21,7 @@ pub(crate) struct ControlState {
     pub(crate) sources: Vec<Arc<dyn MetricsSource>>,
     pub(crate) reloads: ReloadStats,
     pub(crate) log_control: Option<crate::LogControl>,
+    pub(crate) config_dump: Option<crate::ConfigDumpFn>,
 }
 
 impl ControlState {

@@ -46,6 +46,11 @@ use mesh_registry::SnapshotHandle;
 pub use drain::Drain;
 pub use shutdown::ShutdownHandle;
 pub use watch::{publish, ReloadFn};
+pub use worker::{ActiveGuard as ConnectionGuard, WorkerHandle};
+
+/// Renders the program's view for the admin `/config_dump` (instead of the
+/// runtime's gateway snapshot). Called on the control thread per request.
+pub type ConfigDumpFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A connection accepted by a worker, handed to the program's handler on the
 /// same thread; it stays on this worker until it closes.
@@ -147,6 +152,7 @@ pub struct Runtime {
     shutdown: Arc<shutdown::ShutdownState>,
     log_control: Option<LogControl>,
     control_listeners: Option<control::ControlListeners>,
+    config_dump: Option<ConfigDumpFn>,
 }
 
 /// Where the control endpoints listen (useful when configured with port 0).
@@ -168,6 +174,7 @@ impl Runtime {
             shutdown,
             log_control: None,
             control_listeners: None,
+            config_dump: None,
         }
     }
 
@@ -196,6 +203,13 @@ impl Runtime {
     /// filter, `POST /logging?level=debug` (any `RUST_LOG` syntax) replaces it.
     pub fn set_log_control(&mut self, control: LogControl) {
         self.log_control = Some(control);
+    }
+
+    /// Makes the admin `/config_dump` serve `dump()` instead of the
+    /// runtime's snapshot (for programs whose configuration is not a
+    /// gateway snapshot). `/status` is unchanged.
+    pub fn set_config_dump(&mut self, dump: ConfigDumpFn) {
+        self.config_dump = Some(dump);
     }
 
     /// Starts a graceful shutdown, like SIGTERM or `/quitquitquit`.
@@ -246,6 +260,7 @@ impl Runtime {
             sources: self.sources,
             reloads: Default::default(),
             log_control: self.log_control,
+            config_dump: self.config_dump,
         });
         control::spawn(state, listeners, self.watch).context("cannot start the control thread")?;
 
@@ -259,6 +274,7 @@ impl Runtime {
                 state: worker_state,
                 shutdown: self.shutdown.clone(),
                 io_driver: self.options.io_driver,
+                drain: Drain::new(),
             };
             let factory = factory.clone();
             let started = started_tx.clone();
@@ -325,6 +341,7 @@ fn worker_main<H, F>(
         }
     };
     let uring = rt.is_uring();
+    worker::WorkerHandle::install(index, params.drain.clone(), params.state.clone());
     params
         .state
         .io_uring

@@ -60,7 +60,62 @@ impl WorkerContext {
     }
 }
 
-pub(crate) struct ActiveGuard(Arc<WorkerState>);
+/// Counts one open connection of a worker until dropped: the shutdown drain
+/// waits for every guard to drop (or the drain deadline). Programs that accept
+/// connections on their own listeners get one from [`WorkerHandle::track_connection`].
+#[must_use = "the connection is counted only while the guard lives"]
+pub struct ActiveGuard(Arc<WorkerState>);
+
+/// The current worker, for programs that accept connections on listeners the
+/// runtime does not manage (e.g. bound inside another network namespace):
+/// they count those connections with [`track_connection`](Self::track_connection)
+/// and stop accepting once [`drain`](Self::drain) is signaled, so shutdown
+/// drains them like the runtime's own.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    index: usize,
+    drain: Drain,
+    state: Arc<WorkerState>,
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<WorkerHandle>> = const { std::cell::RefCell::new(None) };
+}
+
+impl WorkerHandle {
+    /// The worker running on this thread (set before the handler factory
+    /// runs); `None` outside worker threads.
+    pub fn current() -> Option<Self> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    pub(crate) fn install(index: usize, drain: Drain, state: Arc<WorkerState>) {
+        CURRENT.with(|c| {
+            *c.borrow_mut() = Some(Self {
+                index,
+                drain,
+                state,
+            })
+        });
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// This worker's drain signal: raised once shutdown starts, after the
+    /// runtime's own listeners closed.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// Counts a connection in this worker's active connections (the number the
+    /// shutdown drain waits on) until the guard drops.
+    pub fn track_connection(&self) -> ActiveGuard {
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.state.clone())
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -118,6 +173,8 @@ pub(crate) struct WorkerParams {
     pub(crate) state: Arc<WorkerState>,
     pub(crate) shutdown: Arc<ShutdownState>,
     pub(crate) io_driver: crate::IoDriver,
+    /// This worker's drain signal (also reachable through [`WorkerHandle`]).
+    pub(crate) drain: Drain,
 }
 
 /// The worker's control loop: reconcile listeners with the snapshot, then on
@@ -134,10 +191,11 @@ pub(crate) async fn run<H: ConnectionHandler>(
         state,
         shutdown,
         io_driver: _,
+        drain,
     } = params;
     let ctx = Rc::new(WorkerContext {
         index,
-        drain: Drain::new(),
+        drain,
         state: state.clone(),
     });
     let mut listeners = Listeners {

@@ -259,6 +259,36 @@ impl Ztunnel {
         self.get(15080, "/config_dump").expect("config dump")
     }
 
+    /// The runtime's admin `/config_dump` (port 15000), which ztunnel fills
+    /// with its workload registry.
+    pub fn admin_config_dump(&self) -> String {
+        self.get(15000, "/config_dump").expect("admin config dump")
+    }
+
+    /// The status line of `/healthz/ready`, if the ready server answers.
+    pub fn ready_status(&self) -> Option<String> {
+        let response = self.get(15021, "/healthz/ready")?;
+        Some(response.lines().next().unwrap_or("").to_string())
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -TERM {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for ztunnel")
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
