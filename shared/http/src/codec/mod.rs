@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod headers;
 pub mod request;
 pub mod response;
+pub(crate) mod wire;
 
 pub use headers::{Header, Headers};
 pub use request::RequestHead;

@@ -2,12 +2,17 @@
 //! the mirror cluster. Runs as its own task; its response is read and
 //! discarded, and nothing about it can delay or fail the main request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use mesh_registry::Mirror;
+use rand::Rng;
 
-use crate::upstream::pool;
+use crate::codec::RequestHead;
+use crate::upstream::head::{write_upstream_head, UpstreamBody};
+use crate::upstream::{pick, pool};
+use crate::HttpHandler;
 
 /// `wire`: the complete request (head with `connection: close`, plus body).
 pub fn spawn(addr: SocketAddr, wire: Bytes, timeout: Duration) {
@@ -32,4 +37,37 @@ async fn send(addr: SocketAddr, wire: Bytes, connect_timeout: Duration) {
             Ok(_) => {}
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_mirror(
+    h: &HttpHandler,
+    m: &Mirror,
+    req: &RequestHead,
+    client_ip: IpAddr,
+    buffered: Option<&Bytes>,
+    request_id: &[u8],
+    scheme: &str,
+) {
+    if m.percent < 100.0 && h.rng.borrow_mut().random_range(0.0..100.0) >= m.percent {
+        return;
+    }
+    let Some(addr) = pick::pick_endpoint(&m.target, &h.round_robin) else {
+        return;
+    };
+    // A streamed body cannot be copied without delaying the main request:
+    // mirror only the head then.
+    let body = buffered.cloned().unwrap_or_default();
+    let mut wire = BytesMut::with_capacity(512 + body.len());
+    write_upstream_head(
+        &mut wire,
+        req,
+        client_ip,
+        UpstreamBody::Buffered(body.len()),
+        true,
+        request_id,
+        scheme,
+    );
+    wire.extend_from_slice(&body);
+    spawn(addr, wire.freeze(), h.options.mirror_timeout);
 }

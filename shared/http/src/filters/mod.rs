@@ -4,5 +4,6 @@
 pub mod cors;
 pub mod headers;
 pub mod mirror;
+pub(crate) mod plan;
 pub mod redirect;
 pub mod rewrite;
