@@ -378,3 +378,86 @@ fn a_panicking_factory_is_a_start_error() {
     let err = result.unwrap_err();
     assert!(format!("{err:#}").contains("start-up"), "{err:#}");
 }
+
+/// Programs that accept on their own listeners (ztunnel binds inside pod
+/// namespaces) count those connections with `WorkerHandle::track_connection`:
+/// shutdown waits for them like for its own; `set_config_dump` replaces the
+/// admin `/config_dump`.
+#[test]
+fn program_owned_connections_are_drained_and_config_dump_is_pluggable() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let handle = mesh_registry::new_handle(Snapshot::default());
+    let options = RuntimeOptions {
+        workers: 1,
+        drain_timeout: Duration::from_secs(30),
+        io_driver: IoDriver::Epoll,
+        ..loopback_any_port()
+    };
+    let mut runtime = Runtime::new(options, handle);
+    runtime.set_config_dump(Arc::new(|| serde_json::json!({"program": "own-view"})));
+    let addrs = runtime.bind_control().unwrap();
+    let shutdown = runtime.shutdown_handle();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let draining = Arc::new(AtomicBool::new(false));
+    let seen = draining.clone();
+    let thread = std::thread::spawn(move || {
+        runtime.run(move |_| {
+            let worker = mesh_runtime::WorkerHandle::current().expect("on a worker thread");
+            let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            std_listener.set_nonblocking(true).unwrap();
+            addr_tx.send(std_listener.local_addr().unwrap()).unwrap();
+            let listener = monoio::net::TcpListener::from_std(std_listener).unwrap();
+            let seen = seen.clone();
+            let drain = worker.drain().clone();
+            monoio::spawn(async move {
+                drain.signaled().await;
+                seen.store(true, Ordering::SeqCst);
+            });
+            monoio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let guard = worker.track_connection();
+                    monoio::spawn(async move {
+                        let _guard = guard;
+                        let mut buf = vec![0u8; 4096];
+                        loop {
+                            let (res, b) = stream.read(buf).await;
+                            let n = match res {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let (res, mut b) =
+                                stream.write_all(b.slice(..n)).await.into_inner_pair();
+                            if res.is_err() {
+                                return;
+                            }
+                            b.resize(4096, 0);
+                            buf = b;
+                        }
+                    });
+                }
+            });
+            Echo
+        })
+    });
+    let own = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (status, body) = get(addrs.admin, "/config_dump").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"own-view\""), "{body}");
+
+    let mut conn = TcpStream::connect(own).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    echo_roundtrip(&mut conn, b"before").unwrap();
+    shutdown.trigger();
+    wait_until("the worker's drain signal", Duration::from_secs(10), || {
+        draining.load(Ordering::SeqCst)
+    });
+    // Draining, yet the tracked connection keeps being served.
+    echo_roundtrip(&mut conn, b"during the drain").unwrap();
+    assert!(
+        !thread.is_finished(),
+        "run() returned with a tracked connection open"
+    );
+    drop(conn);
+    thread.join().unwrap().unwrap();
+}
