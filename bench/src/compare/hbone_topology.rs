@@ -37,6 +37,9 @@ fn sh(script: &str) -> anyhow::Result<()> {
 }
 
 /// Nodes, wire, bridges, the four pods, and capture rules in a and b.
+/// Pods reuse TIME_WAIT ports: connrate opens tens of thousands of connections
+/// per pod pair, and without reuse connect() slows to ~100/s once half the
+/// ephemeral range is in TIME_WAIT (seen in the first runs).
 pub fn build() -> anyhow::Result<()> {
     sh("mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns
         ip link set lo up
@@ -68,7 +71,8 @@ pub fn build() -> anyhow::Result<()> {
              ip -n hb-{name} link set lo up
              ip -n hb-{name} addr add {ip}/24 dev eth0
              ip -n hb-{name} link set eth0 up
-             ip -n hb-{name} route add default via 10.0.{node}.1"
+             ip -n hb-{name} route add default via 10.0.{node}.1
+             nsenter --net=/run/netns/hb-{name} sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo 1024 65000 > /proc/sys/net/ipv4/ip_local_port_range'"
         ))?;
         if captured {
             sh(&format!(
