@@ -220,6 +220,16 @@ async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<Po
             }
         }
     }
+    // Dropping the listener is not enough on io_uring: the cancelled accept
+    // operation keeps the socket listening until it completes. shutdown(2)
+    // on a listening socket stops it at once (new connections are refused).
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: shutdown(2) on the listener's own open fd; no memory involved.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    if rc != 0 {
+        tracing::debug!(port, error = %io::Error::last_os_error(), "shutdown of the listener failed");
+    }
+    drop(listener);
     if proxy.worker.index() == 0 {
         tracing::info!(pod = %proxy.workload.uid, port, "draining: stopped accepting");
     }
