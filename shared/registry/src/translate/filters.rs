@@ -103,50 +103,39 @@ pub fn backend_filters_as_rule_filters(
         .collect()
 }
 
+/// The request and response header modifiers are distinct generated types with
+/// identical fields, so one macro body serves both.
+macro_rules! header_modifier {
+    ($m:expr) => {
+        HeaderModifier {
+            set: $m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            add: $m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            remove: $m
+                .remove
+                .iter()
+                .flatten()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        }
+    };
+}
+
 fn request_headers(m: &HttpRouteRulesFiltersRequestHeaderModifier) -> HeaderModifier {
-    HeaderModifier {
-        set: m
-            .set
-            .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
-        add: m
-            .add
-            .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
-        remove: m
-            .remove
-            .iter()
-            .flatten()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
-    }
+    header_modifier!(m)
 }
 
 fn response_headers(m: &HttpRouteRulesFiltersResponseHeaderModifier) -> HeaderModifier {
-    HeaderModifier {
-        set: m
-            .set
-            .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
-        add: m
-            .add
-            .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
-        remove: m
-            .remove
-            .iter()
-            .flatten()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
-    }
+    header_modifier!(m)
 }
 
 fn path_modifier(
