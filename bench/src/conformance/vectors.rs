@@ -64,82 +64,60 @@ pub struct Case {
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
 pub struct Request {
-    #[serde(default)]
     pub method: Option<String>,
-    #[serde(default)]
     pub host: Option<String>,
-    #[serde(default)]
     pub path: Option<String>,
     /// Ordered as written; header names keep their case.
-    #[serde(default, deserialize_with = "ordered_pairs")]
+    #[serde(deserialize_with = "ordered_pairs")]
     pub headers: Vec<(String, String)>,
-    #[serde(default)]
     pub sni: Option<String>,
-    #[serde(default)]
     pub grpc_method: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
 pub struct Expect {
-    #[serde(default)]
     pub status: Vec<u16>,
-    #[serde(default)]
     pub backend: Option<String>,
-    #[serde(default)]
     pub backend_namespace: Option<String>,
-    #[serde(default)]
     pub upstream: Option<Upstream>,
-    #[serde(default, deserialize_with = "ordered_pairs")]
+    #[serde(deserialize_with = "ordered_pairs")]
     pub response_headers: Vec<(String, String)>,
-    #[serde(default)]
     pub response_header_alternatives: BTreeMap<String, Vec<StringValue>>,
-    #[serde(default)]
     pub response_absent_headers: Vec<String>,
-    #[serde(default)]
     pub ignore_whitespace: bool,
-    #[serde(default)]
     pub redirect: Option<Redirect>,
-    #[serde(default)]
     pub answered_by_gateway: bool,
-    #[serde(default)]
     pub mirrored_to: Vec<Mirror>,
     // kind: distribution
-    #[serde(default)]
     pub backend_fractions: BTreeMap<String, f64>,
-    #[serde(default)]
     pub backends_receiving_traffic: Option<usize>,
     // kind: route_status
-    #[serde(default)]
     pub conditions: Vec<ConditionExpect>,
     // kind: gateway_listener_status
-    #[serde(default)]
     pub listeners: Vec<ListenerExpect>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
 pub struct Upstream {
-    #[serde(default)]
     pub method: Option<String>,
-    #[serde(default)]
     pub host: Option<String>,
-    #[serde(default)]
     pub path: Option<String>,
-    #[serde(default, deserialize_with = "ordered_pairs")]
+    #[serde(deserialize_with = "ordered_pairs")]
     pub headers: Vec<(String, String)>,
-    #[serde(default)]
     pub absent_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default)]
 pub struct Redirect {
-    #[serde(default)]
     pub scheme: Option<String>,
-    #[serde(default)]
     pub host: Option<String>,
-    #[serde(default, deserialize_with = "opt_stringish")]
+    #[serde(deserialize_with = "opt_stringish")]
     pub port: Option<String>,
-    #[serde(default)]
     pub path: Option<String>,
 }
 
@@ -236,8 +214,8 @@ pub struct Environment {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(default)]
 pub struct NamespaceSpec {
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
