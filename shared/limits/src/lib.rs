@@ -1,0 +1,2 @@
+//! Local rate limits (token buckets per route, optionally keyed) and retry
+//! budgets: the limits that protect a backend from its callers.
