@@ -208,6 +208,29 @@ pub struct Cluster {
     pub port: u16,
     /// Ready endpoints. Empty means 503.
     pub endpoints: Vec<SocketAddr>,
+    /// The protocol spoken to the endpoints (from the Service port's `appProtocol`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the L7 engine talks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default for `http` or no appProtocol).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge (`kubernetes.io/h2c`, `grpc`;
+    /// ServiceEntry protocol `HTTP2`/`GRPC`): many streams per connection.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// From a Service port's `appProtocol` (or a ServiceEntry port's protocol).
+    pub fn from_app_protocol(app_protocol: Option<&str>) -> Self {
+        match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+            Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2" | "grpc-web") => Self::H2c,
+            _ => Self::Http1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

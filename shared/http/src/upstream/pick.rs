@@ -75,6 +75,7 @@ mod tests {
             endpoints: (0..n)
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
                 .collect(),
+            protocol: Default::default(),
         })
     }
 

@@ -112,6 +112,7 @@ pub fn cluster(name: &str, endpoints: Vec<SocketAddr>) -> Arc<Cluster> {
         service: obj("default", name),
         port: 80,
         endpoints,
+        protocol: Default::default(),
     })
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use mesh_config::{EndpointSlice, Object, Resolution, Resources, ServiceEntrySpec, ServiceSpec};
 
-use crate::snapshot::{Cluster, ObjectRef};
+use crate::snapshot::{Cluster, ObjectRef, UpstreamProtocol};
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -225,6 +225,7 @@ impl<'a> BackendResolver<'a> {
             },
             port,
             endpoints,
+            protocol: UpstreamProtocol::from_app_protocol(svc_port.app_protocol.as_deref()),
         });
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
@@ -335,6 +336,7 @@ impl<'a> BackendResolver<'a> {
             },
             port,
             endpoints,
+            protocol: UpstreamProtocol::from_app_protocol(se_port.protocol.as_deref()),
         });
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
