@@ -64,6 +64,9 @@ pub struct Resources {
     pub http_routes: BTreeMap<Key, Object<HttpRouteSpec>>,
     pub grpc_routes: BTreeMap<Key, Object<crate::GrpcRouteSpec>>,
     pub reference_grants: BTreeMap<Key, Object<ReferenceGrantSpec>>,
+    /// TLSRoute (v1alpha2, v1alpha3, v1) and TCPRoute (v1alpha2).
+    pub tls_routes: BTreeMap<Key, Object<crate::TlsRouteSpec>>,
+    pub tcp_routes: BTreeMap<Key, Object<crate::TcpRouteSpec>>,
     /// Cluster-scoped: key namespace is "". Labels are in `meta.labels`.
     pub namespaces: BTreeMap<Key, Object<()>>,
     pub services: BTreeMap<Key, Object<ServiceSpec>>,
@@ -85,6 +88,8 @@ impl Resources {
             + self.http_routes.len()
             + self.grpc_routes.len()
             + self.reference_grants.len()
+            + self.tls_routes.len()
+            + self.tcp_routes.len()
             + self.namespaces.len()
             + self.services.len()
             + self.endpoint_slices.len()

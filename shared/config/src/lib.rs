@@ -6,12 +6,14 @@
 mod errors;
 mod grpc_route;
 mod kinds;
+mod l4_routes;
 mod load;
 mod security;
 
 pub use errors::ConfigError;
 pub use grpc_route::GrpcRouteSpec;
 pub use kinds::*;
+pub use l4_routes::{TcpRouteSpec, TlsRouteSpec};
 pub use load::{load_path, load_str, load_strs};
 
 /// Re-exported so that consumers use the very same spec types.

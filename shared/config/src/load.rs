@@ -148,6 +148,8 @@ enum KnownKind {
     HttpRoute,
     GrpcRoute,
     ReferenceGrant,
+    TlsRoute,
+    TcpRoute,
     Namespace,
     Service,
     EndpointSlice,
@@ -170,6 +172,8 @@ impl KnownKind {
             ("gateway.networking.k8s.io", "HTTPRoute") => KnownKind::HttpRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => KnownKind::GrpcRoute,
             ("gateway.networking.k8s.io", "ReferenceGrant") => KnownKind::ReferenceGrant,
+            ("gateway.networking.k8s.io", "TLSRoute") => KnownKind::TlsRoute,
+            ("gateway.networking.k8s.io", "TCPRoute") => KnownKind::TcpRoute,
             ("", "Namespace") => KnownKind::Namespace,
             ("", "Service") => KnownKind::Service,
             ("", "Secret") => KnownKind::Secret,
@@ -193,6 +197,8 @@ impl KnownKind {
                 matches!(version, "v1" | "v1beta1")
             }
             KnownKind::EndpointSlice => version == "v1",
+            KnownKind::TlsRoute => crate::l4_routes::tls_route_version(version),
+            KnownKind::TcpRoute => crate::l4_routes::tcp_route_version(version),
             KnownKind::ServiceEntry => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
         };
         version_ok.then_some(known)
@@ -205,6 +211,8 @@ impl KnownKind {
             KnownKind::HttpRoute => "HTTPRoute",
             KnownKind::GrpcRoute => "GRPCRoute",
             KnownKind::ReferenceGrant => "ReferenceGrant",
+            KnownKind::TlsRoute => "TLSRoute",
+            KnownKind::TcpRoute => "TCPRoute",
             KnownKind::Namespace => "Namespace",
             KnownKind::Service => "Service",
             KnownKind::EndpointSlice => "EndpointSlice",
@@ -426,6 +434,14 @@ impl Loader {
                 }
                 KnownKind::ReferenceGrant => typed(spec, "spec")
                     .map(|s| insert(&mut self.resources.reference_grants, &meta, s)),
+                KnownKind::TlsRoute => {
+                    typed(crate::l4_routes::tls_route_spec_defaults(spec), "spec")
+                        .map(|s| insert(&mut self.resources.tls_routes, &meta, s))
+                }
+                KnownKind::TcpRoute => {
+                    typed(crate::l4_routes::tcp_route_spec_defaults(spec), "spec")
+                        .map(|s| insert(&mut self.resources.tcp_routes, &meta, s))
+                }
                 KnownKind::Namespace => {
                     insert(&mut self.resources.namespaces, &meta, ());
                     Ok(())
