@@ -1,5 +1,9 @@
 //! Outbound (15001): a connection the pod's app made, redirected here by the
 //! pod's capture rules. SO_ORIGINAL_DST says where it was going:
+//! - a Service VIP whose Service (or Namespace) uses a waypoint: HBONE to the
+//!   waypoint (`waypointIP:15008`, `:authority VIP:port`); when the named
+//!   waypoint does not exist, the connection is refused (fail closed). A
+//!   waypoint's own connections are never sent back to a waypoint;
 //! - a Service VIP: pick a ready endpoint (round robin);
 //! - an endpoint (or a pod IP dialled directly) that is a captured workload:
 //!   HBONE to `endpointIP:15008` with `:authority endpointIP:targetPort`;
@@ -10,7 +14,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use mesh_hbone::{PoolKey, TunnelRequest};
-use mesh_registry::workloads::{MeshService, Workload};
+use mesh_registry::workloads::{MeshService, Waypoint, WaypointBinding, Workload};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
@@ -31,6 +35,37 @@ pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
     };
     let registry = proxy.shared.registry.load();
     let service = registry.service(original).cloned();
+    // A waypoint's own traffic goes to the endpoints it picked, never back to a waypoint.
+    let from_waypoint = registry.waypoints.at(proxy.workload.ip).is_some();
+    let binding = match &service {
+        Some(svc) if !from_waypoint => registry.waypoint_of(svc).cloned(),
+        _ => None,
+    };
+    match (binding, &service) {
+        (Some(WaypointBinding::Bound(waypoint)), Some(svc)) => {
+            drop(registry);
+            return to_waypoint(&proxy, stream, peer, original, &waypoint, svc, start).await;
+        }
+        (Some(WaypointBinding::Missing { namespace, name }), Some(svc)) => {
+            let labels = labels(&proxy, None, Some(svc), "none", WAYPOINT_MISSING);
+            tracing::warn!(
+                pod = %proxy.workload.uid,
+                service = %format!("{}/{}", svc.namespace, svc.name),
+                waypoint = %format!("{namespace}/{name}"),
+                "refusing a connection: the Service uses a waypoint that does not exist (fail closed)"
+            );
+            refused(
+                &proxy,
+                &labels,
+                peer,
+                original,
+                start,
+                &format!("waypoint {namespace}/{name} does not exist"),
+            );
+            return;
+        }
+        _ => {}
+    }
     let target = match &service {
         Some(svc) if svc.endpoints.is_empty() => {
             let labels = labels(&proxy, None, Some(svc), "none", "NO_HEALTHY_UPSTREAM");
@@ -118,6 +153,70 @@ async fn hbone(
             };
             let labels = labels(proxy, Some(destination), service, "mutual_tls", flags);
             refused(proxy, &labels, peer, target, start, &e.to_string());
+        }
+    }
+}
+
+/// `response_flags` of a connection refused because its Service's waypoint is missing.
+pub const WAYPOINT_MISSING: &str = "WAYPOINT_MISSING";
+
+/// HBONE to the Service's waypoint, which does the L7 work and picks the
+/// endpoint: `:authority` is the address the app dialled (VIP:port).
+async fn to_waypoint(
+    proxy: &PodProxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    original: SocketAddr,
+    waypoint: &Waypoint,
+    service: &MeshService,
+    start: Instant,
+) {
+    let i = proxy.next_endpoint.get();
+    proxy.next_endpoint.set(i.wrapping_add(1));
+    let address = waypoint.addresses[i % waypoint.addresses.len()];
+    let key = PoolKey::new(
+        Some(proxy.workload.identity.as_str().into()),
+        Some(waypoint.identity.as_str().into()),
+        SocketAddr::new(address, HBONE_PORT),
+    );
+    let mut request = TunnelRequest::new(key, original);
+    request.forwarded_for = Some(peer);
+    let waypoint_labels = |flags: &'static str| {
+        let mut l = labels(proxy, None, Some(service), "mutual_tls", flags);
+        l.destination_workload = waypoint.name.clone();
+        l.destination_workload_namespace = waypoint.namespace.clone();
+        l.destination_principal = waypoint.identity.clone();
+        l
+    };
+    match proxy.pool.connect(&request).await {
+        Ok(tunnel) => {
+            let labels = waypoint_labels("");
+            proxy.metrics.opened(&labels);
+            let (read, write) = stream.into_split();
+            let outcome = tunnel.pipe(read, write).await;
+            proxy
+                .metrics
+                .closed(&labels, outcome.into_tunnel, outcome.out_of_tunnel);
+            AccessLog {
+                direction: "outbound",
+                labels: &labels,
+                source: peer,
+                destination: original,
+                sent: outcome.into_tunnel,
+                received: outcome.out_of_tunnel,
+                duration: start.elapsed(),
+                error: outcome.result.err().map(|e| e.to_string()),
+            }
+            .emit();
+        }
+        Err(e) => {
+            let flags = match e.status().map(|s| s.as_u16()) {
+                Some(401) => "DENY",
+                Some(503) => "UPSTREAM_FAILURE",
+                _ => "CONNECT",
+            };
+            let labels = waypoint_labels(flags);
+            refused(proxy, &labels, peer, original, start, &e.to_string());
         }
     }
 }

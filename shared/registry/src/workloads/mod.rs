@@ -6,6 +6,7 @@
 //! config makes a new registry (published through `arc-swap` by the caller).
 
 pub mod authz;
+pub mod waypoints;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use mesh_config::{Resources, NETNS_ANNOTATION};
 use serde::Serialize;
 
 pub use authz::{AuthzDecision, ConnectionAttrs, Policies};
+pub use waypoints::{Waypoint, WaypointBinding, Waypoints};
 
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -62,6 +64,8 @@ pub struct WorkloadRegistry {
     pub workloads: HashMap<IpAddr, Arc<Workload>>,
     pub services: HashMap<SocketAddr, Arc<MeshService>>,
     pub policies: Policies,
+    /// Waypoints and the Services bound to them.
+    pub waypoints: Waypoints,
 }
 
 impl WorkloadRegistry {
@@ -73,11 +77,13 @@ impl WorkloadRegistry {
             }
         }
         let services = services_of(resources, &workloads);
+        let waypoints = Waypoints::build(resources, &workloads, trust_domain);
         Self {
             trust_domain: trust_domain.to_string(),
             workloads,
             services,
             policies: Policies::build(resources),
+            waypoints,
         }
     }
 
@@ -87,6 +93,12 @@ impl WorkloadRegistry {
 
     pub fn service(&self, vip: SocketAddr) -> Option<&Arc<MeshService>> {
         self.services.get(&vip)
+    }
+
+    /// The waypoint binding of a Service, if it (or its namespace) opted in.
+    pub fn waypoint_of(&self, service: &MeshService) -> Option<&WaypointBinding> {
+        self.waypoints
+            .for_service(&service.namespace, &service.name)
     }
 
     /// Captured pods on `node`, sorted by uid.
