@@ -261,6 +261,7 @@ mod tests {
             port: 80,
             endpoints: vec![],
             protocol: Default::default(),
+            policy: Default::default(),
         };
         m.workers[0].record_request(200, Some(&c), Duration::from_millis(3));
         m.workers[1].record_request(200, Some(&c), Duration::from_millis(700));

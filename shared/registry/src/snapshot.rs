@@ -210,6 +210,39 @@ pub struct Cluster {
     pub endpoints: Vec<SocketAddr>,
     /// The protocol spoken to the endpoints (from the Service port's `appProtocol`).
     pub protocol: UpstreamProtocol,
+    /// DestinationRule traffic policy (load balancer, pool limits, outlier
+    /// detection, subsets); `Default` when no rule selects the host.
+    pub policy: Arc<ClusterPolicy>,
+}
+
+/// A DestinationRule's `trafficPolicy` resolved for one cluster (the port's
+/// `portLevelSettings` merged over the rule's settings). `Default`: no rule,
+/// the engine's defaults (round robin, no limits, no outlier detection).
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterPolicy {
+    /// The DestinationRule this came from.
+    pub rule: Option<ObjectRef>,
+    pub load_balancer: Option<mesh_balance::LbConfig>,
+    pub connection_pool: Option<mesh_balance::PoolLimits>,
+    pub outlier_detection: Option<mesh_balance::OutlierConfig>,
+    pub tls: Option<UpstreamTlsPolicy>,
+    /// The rule's subsets of this cluster by name: clusters whose endpoints
+    /// are the pods with the subset's labels, with the subset's policy.
+    pub subsets: BTreeMap<String, Arc<Cluster>>,
+    /// Circuit-breaker counters shared by every worker: the only mutable
+    /// state in a snapshot (it starts at zero with each rebuilt snapshot).
+    #[serde(skip)]
+    pub counters: Arc<mesh_balance::PoolCounters>,
+}
+
+/// DestinationRule `trafficPolicy.tls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamTlsPolicy {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    pub mode: String,
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
 }
 
 /// How the L7 engine talks to a cluster's endpoints.

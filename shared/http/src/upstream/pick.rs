@@ -76,6 +76,7 @@ mod tests {
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
                 .collect(),
             protocol: Default::default(),
+            policy: Default::default(),
         })
     }
 

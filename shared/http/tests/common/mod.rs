@@ -113,6 +113,7 @@ pub fn cluster(name: &str, endpoints: Vec<SocketAddr>) -> Arc<Cluster> {
         port: 80,
         endpoints,
         protocol: Default::default(),
+        policy: Default::default(),
     })
 }
 

@@ -226,6 +226,7 @@ impl<'a> BackendResolver<'a> {
             port,
             endpoints,
             protocol: UpstreamProtocol::from_app_protocol(svc_port.app_protocol.as_deref()),
+            policy: Default::default(),
         });
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
@@ -337,6 +338,7 @@ impl<'a> BackendResolver<'a> {
             port,
             endpoints,
             protocol: UpstreamProtocol::from_app_protocol(se_port.protocol.as_deref()),
+            policy: Default::default(),
         });
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
