@@ -116,6 +116,11 @@ pub struct RunInfo<'a> {
     pub connections: usize,
     pub threads: usize,
     pub actual_duration: Duration,
+    /// "HTTP/1.1", "HTTP/2" or "" (raw TCP).
+    pub http_version: &'a str,
+    pub tls: bool,
+    /// HTTP/2 concurrent streams per connection (1 otherwise).
+    pub streams: usize,
 }
 
 /// fortio's `fhttp.HTTPRunnerResults` (plus ringmesh extras at the end).
@@ -184,6 +189,18 @@ pub struct FortioResult {
     /// Open loop latencies count from the intended send time.
     #[serde(rename = "CoordinatedOmissionCorrected")]
     pub coordinated_omission_corrected: bool,
+    #[serde(rename = "HTTPVersion", skip_serializing_if = "String::is_empty")]
+    pub http_version: String,
+    #[serde(rename = "TLS")]
+    pub tls: bool,
+    #[serde(rename = "StreamsPerConnection")]
+    pub streams_per_connection: usize,
+    /// TLS handshake times in seconds (present when TLS was used).
+    #[serde(
+        rename = "TLSHandshakeHistogram",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_handshake_histogram: Option<HistogramData>,
 }
 
 pub fn build(info: &RunInfo<'_>, stats: &Stats) -> FortioResult {
@@ -242,6 +259,11 @@ pub fn build(info: &RunInfo<'_>, stats: &Stats) -> FortioResult {
         bytes_sent: stats.bytes_sent,
         bytes_received: stats.bytes_received,
         coordinated_omission_corrected: info.requested_qps.is_some(),
+        http_version: info.http_version.to_string(),
+        tls: info.tls,
+        streams_per_connection: info.streams,
+        tls_handshake_histogram: (stats.tls_handshakes.count() > 0)
+            .then(|| histogram_data(&stats.tls_handshakes, 1e-9, 1000, true)),
     }
 }
 
@@ -339,6 +361,9 @@ mod tests {
             connections: 4,
             threads: 1,
             actual_duration: Duration::from_secs(2),
+            http_version: "HTTP/1.1",
+            tls: false,
+            streams: 1,
         };
         let v = serde_json::to_value(build(&info, &sample_stats())).unwrap();
         for field in [
@@ -413,6 +438,9 @@ mod tests {
             connections: 1,
             threads: 1,
             actual_duration: Duration::from_secs(1),
+            http_version: "HTTP/1.1",
+            tls: false,
+            streams: 1,
         };
         let v = serde_json::to_value(build(&info, &Stats::default())).unwrap();
         assert_eq!(v["RequestedQPS"], "max");

@@ -1,18 +1,22 @@
-//! `bench load URL`: a fortio-class HTTP/1.1 and raw TCP load generator on
-//! monoio (one io_uring runtime per thread), with hdrhistogram latencies.
+//! `bench load URL`: a fortio-class HTTP/1.1, HTTP/2 (h2, h2c), HTTPS and raw
+//! TCP load generator on monoio (one io_uring runtime per thread), with
+//! hdrhistogram latencies.
 //!
 //! Closed loop (default): every connection sends its next request as soon as
 //! the previous response is complete (max rate, like wrk). Open loop
 //! (`--qps N`): requests follow a fixed schedule and latency counts from the
 //! intended send time (coordinated-omission corrected, like wrk2/fortio).
 
+mod conn;
 pub mod fortio;
+mod http2;
 mod pacing;
 mod progress;
 mod response;
 pub mod stats;
 mod summary;
 mod target;
+pub mod tls;
 pub mod units;
 mod worker;
 
@@ -23,7 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Target: http://host[:port]/path (HTTP/1.1) or tcp://host:port (raw echo).
+    /// Target: http[s]://host[:port]/path (HTTP/1.1; HTTP/2 with --h2/--h2c) or
+    /// tcp://host:port (raw echo).
     pub url: String,
     /// Connections in total (spread over the threads).
     #[arg(short = 'c', long = "connections", default_value_t = 64)]
@@ -40,11 +45,31 @@ pub struct Args {
     /// Open loop at this total rate (requests/s); 0 or absent = closed loop, max rate.
     #[arg(long = "qps", default_value_t = 0.0)]
     pub qps: f64,
-    /// Open a new connection for every request (sends Connection: close).
+    /// Open a new connection (and TLS session) for every request (sends
+    /// Connection: close). HTTP/1.1 only.
     #[arg(long = "new-conn")]
     pub new_conn: bool,
+    /// HTTP/2 over TLS, negotiated with ALPN h2 (https:// URLs).
+    #[arg(long = "h2", conflicts_with = "h2c")]
+    pub h2: bool,
+    /// HTTP/2 over cleartext TCP with prior knowledge (http:// URLs).
+    #[arg(long = "h2c")]
+    pub h2c: bool,
+    /// HTTP/2: concurrent streams per connection (h2load's -m).
+    #[arg(short = 'm', long = "streams", default_value_t = 1)]
+    pub streams: usize,
+    /// https://: do not verify the server certificate (like curl -k).
+    #[arg(short = 'k', long = "insecure", conflicts_with = "cacert")]
+    pub insecure: bool,
+    /// https://: verify the server certificate against the CA certificates in
+    /// this PEM file.
+    #[arg(long = "cacert")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// https://: TLS server name (SNI and verification); default: the URL's host.
+    #[arg(long = "sni")]
+    pub sni: Option<String>,
     /// Request method.
-    #[arg(short = 'm', long = "method", default_value = "GET")]
+    #[arg(short = 'X', long = "method", default_value = "GET")]
     pub method: String,
     /// Extra request header "Name: value" (repeatable).
     #[arg(short = 'H', long = "header")]
@@ -123,6 +148,22 @@ fn validate(args: &Args) -> anyhow::Result<()> {
     if args.requests.is_none() && args.duration.is_zero() {
         bail!("-d must be more than 0");
     }
+    if args.streams == 0 {
+        bail!("-m must be at least 1");
+    }
+    let http2 = args.h2 || args.h2c;
+    if args.streams > 1 && !http2 {
+        bail!(
+            "-m {} needs --h2 or --h2c (HTTP/1.1 has one request in flight per connection)",
+            args.streams
+        );
+    }
+    if http2 && args.new_conn {
+        bail!("--new-conn is for HTTP/1.1; with HTTP/2 use -c for connections and -m for streams");
+    }
+    if http2 && args.bulk {
+        bail!("--bulk is for tcp:// URLs");
+    }
     Ok(())
 }
 
@@ -130,6 +171,38 @@ fn validate(args: &Args) -> anyhow::Result<()> {
 pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
     validate(args)?;
     let mut target = target::parse_target(&args.url)?;
+    if target.protocol == target::Protocol::TcpEcho && (args.h2 || args.h2c) {
+        bail!("--h2/--h2c need an http:// or https:// URL");
+    }
+    if args.h2 && !target.tls {
+        bail!("--h2 is HTTP/2 over TLS (https://); use --h2c for cleartext http://");
+    }
+    if args.h2c && target.tls {
+        bail!("--h2c is cleartext HTTP/2 (http://); use --h2 for https://");
+    }
+    if !target.tls && (args.cacert.is_some() || args.sni.is_some()) {
+        bail!("--cacert and --sni are for https:// URLs");
+    }
+    if args.h2 || args.h2c {
+        target.protocol = target::Protocol::Http2;
+    }
+    let tls = match target.tls {
+        false => None,
+        true => {
+            let options = tls::TlsOptions {
+                insecure: args.insecure,
+                ca_file: args.cacert.clone(),
+                server_name: args.sni.clone(),
+            };
+            let alpn = if args.h2 {
+                tls::ALPN_H2
+            } else {
+                tls::ALPN_HTTP1
+            };
+            Some(Arc::new(tls::TlsClient::new(&target.host, &options, alpn)?))
+        }
+    };
+    let mut http2_plan = None;
     if args.bulk {
         if target.protocol != target::Protocol::TcpEcho {
             bail!("--bulk needs a tcp:// URL");
@@ -140,7 +213,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
         target.protocol = target::Protocol::TcpBulk;
     }
     let request = match target.protocol {
-        target::Protocol::Http1 => {
+        target::Protocol::Http1 | target::Protocol::Http2 => {
             let body = match (&args.body, &args.body_file) {
                 (Some(b), _) => b.as_bytes().to_vec(),
                 (None, Some(p)) => {
@@ -159,6 +232,13 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
                 body,
                 close: args.new_conn,
             };
+            if target.protocol == target::Protocol::Http2 {
+                http2_plan = Some(Arc::new(http2::Http2Plan::new(
+                    &target,
+                    &spec,
+                    args.streams,
+                )?));
+            }
             target::build_request(&target, &spec)
         }
         target::Protocol::TcpEcho | target::Protocol::TcpBulk => {
@@ -189,12 +269,27 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
         Some(n) => format!("{n} requests"),
         None => format!("{:?}", args.duration),
     };
+    let http_version = match target.protocol {
+        target::Protocol::Http1 => "HTTP/1.1",
+        target::Protocol::Http2 => "HTTP/2",
+        target::Protocol::TcpEcho | target::Protocol::TcpBulk => "",
+    };
+    let wire = match (target.protocol, target.tls) {
+        (target::Protocol::Http2, true) => format!(
+            "HTTP/2 over TLS (ALPN h2), {} stream(s)/connection",
+            args.streams
+        ),
+        (target::Protocol::Http2, false) => format!(
+            "HTTP/2 cleartext (h2c), {} stream(s)/connection",
+            args.streams
+        ),
+        (target::Protocol::Http1, true) => "HTTP/1.1 over TLS".to_string(),
+        (target::Protocol::Http1, false) => "HTTP/1.1".to_string(),
+        _ => "TCP".to_string(),
+    };
     let header = format!(
-        "bench load {} [{}]: {mode}, {} connections, {} thread(s), {length}",
-        target.url,
-        target.protocol.run_type(),
-        args.connections,
-        args.threads
+        "bench load {} [{wire}]: {mode}, {} connections, {} thread(s), {length}",
+        target.url, args.connections, args.threads
     );
     if !args.quiet {
         eprintln!("{header}");
@@ -230,6 +325,8 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
             new_connection_per_request: args.new_conn,
             timeout: (!args.timeout.is_zero()).then_some(args.timeout),
             counters: thread_counters.clone(),
+            tls: tls.clone(),
+            http2: http2_plan.clone(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -265,6 +362,13 @@ pub fn execute(args: &Args) -> anyhow::Result<Outcome> {
         connections: args.connections,
         threads: args.threads,
         actual_duration: elapsed,
+        http_version,
+        tls: target.tls,
+        streams: if target.protocol == target::Protocol::Http2 {
+            args.streams
+        } else {
+            1
+        },
     };
     let result = fortio::build(&info, &stats);
     if !args.quiet {

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     Timeout,
     /// Raw TCP echo: the bytes that came back differ from what was sent.
     Mismatch,
+    /// The TLS handshake failed (or did not negotiate ALPN h2 with --h2).
+    Tls,
+    /// HTTP/2: the server reset the stream (RST_STREAM, e.g. REFUSED_STREAM).
+    Reset,
 }
 
 impl ErrorKind {
@@ -40,6 +44,8 @@ impl ErrorKind {
             ErrorKind::Parse => "parse",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Mismatch => "mismatch",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Reset => "reset",
         }
     }
 }
@@ -135,6 +141,9 @@ pub struct Stats {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub connections_opened: u64,
+    /// TLS handshake times (ns), from the end of the TCP connect to the
+    /// handshake's completion; empty without TLS.
+    pub tls_handshakes: Recorder,
 }
 
 impl Default for Stats {
@@ -149,6 +158,7 @@ impl Default for Stats {
             bytes_sent: 0,
             bytes_received: 0,
             connections_opened: 0,
+            tls_handshakes: Recorder::latency(),
         }
     }
 }
@@ -190,6 +200,7 @@ impl Stats {
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
         self.connections_opened += other.connections_opened;
+        self.tls_handshakes.merge(&other.tls_handshakes);
     }
 
     /// Requests that got a complete response (any status).
@@ -271,6 +282,11 @@ mod tests {
         assert_eq!(a.latency.min, 10_000);
         assert_eq!(a.latency.max, 30_000);
         assert_eq!(a.bytes_received, 170);
+        assert_eq!(a.tls_handshakes.count(), 0);
+        b.tls_handshakes.record(2_000_000);
+        a.merge(&b);
+        assert_eq!(a.tls_handshakes.count(), 1);
+        assert_eq!(a.tls_handshakes.max, 2_000_000);
     }
 
     #[test]

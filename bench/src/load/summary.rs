@@ -75,6 +75,18 @@ pub fn render(header: &str, stats: &Stats, elapsed: Duration) -> String {
     }
     let _ = write!(line, "  max {}", format_latency_ns(l.max));
     let _ = writeln!(out, "{line}");
+    let h = &stats.tls_handshakes;
+    if h.count() > 0 {
+        let _ = writeln!(
+            out,
+            "TLS:        {} handshakes  avg {}  p50 {}  p99 {}  max {}",
+            format_count(h.count()),
+            format_latency_ns(h.mean() as u64),
+            format_latency_ns(h.percentile(50.0)),
+            format_latency_ns(h.percentile(99.0)),
+            format_latency_ns(h.max),
+        );
+    }
     out
 }
 
@@ -96,5 +108,12 @@ mod tests {
         assert!(text.contains("timeout: 1"), "{text}");
         assert!(text.contains("p99.9 1.00ms"), "{text}");
         assert!(text.contains("max 1.00ms"), "{text}");
+        assert!(!text.contains("TLS:"), "{text}");
+        s.tls_handshakes.record(1_500_000);
+        let text = render("hdr", &s, Duration::from_secs(2));
+        assert!(
+            text.contains("TLS:        1 handshakes  avg 1.50ms"),
+            "{text}"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! What to load: the URL (scheme picks the protocol) and the request bytes.
 //!
-//! Protocols are an enum so HTTP/2 (h2/h2c) and HTTPS slot in as new variants
-//! with their own connection driver in `worker.rs`.
+//! `http://` and `https://` are HTTP/1.1 (or HTTP/2 with `--h2c` / `--h2`, see
+//! `Protocol::Http2`); `tcp://` is the raw TCP echo/bulk mode. TLS is a property
+//! of the target (`https://`), orthogonal to the HTTP version.
 
 use anyhow::{anyhow, bail, Context};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// HTTP/1.1 over plain TCP.
+    /// HTTP/1.1 (over TCP or TLS).
     Http1,
+    /// HTTP/2: prior knowledge over TCP (h2c) or ALPN h2 over TLS.
+    Http2,
     /// Raw TCP: write a payload, read the same number of bytes back.
     TcpEcho,
     /// Raw TCP: write continuously and read whatever comes back, for throughput.
@@ -20,7 +23,7 @@ impl Protocol {
     /// fortio's RunType.
     pub fn run_type(self) -> &'static str {
         match self {
-            Protocol::Http1 => "HTTP",
+            Protocol::Http1 | Protocol::Http2 => "HTTP",
             Protocol::TcpEcho | Protocol::TcpBulk => "TCP",
         }
     }
@@ -31,24 +34,29 @@ pub struct Target {
     pub url: String,
     pub protocol: Protocol,
     pub addr: SocketAddr,
-    /// Value of the Host header (port omitted when it is the default 80).
+    /// `https://`: TLS to the target.
+    pub tls: bool,
+    /// The host part of the URL without brackets or port (the default TLS SNI).
+    pub host: String,
+    /// Value of the Host header (port omitted when it is the scheme's default).
     pub authority: String,
     /// Path and query, at least "/".
     pub path: String,
 }
 
-/// Parse `http://host[:port][/path]` or `tcp://host:port` and resolve the host.
+/// Parse `http[s]://host[:port][/path]` or `tcp://host:port` and resolve the host.
 pub fn parse_target(url: &str) -> anyhow::Result<Target> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| anyhow!("{url}: expected scheme://host[:port][/path]"))?;
-    let (protocol, default_port) = match scheme.to_ascii_lowercase().as_str() {
-        "http" => (Protocol::Http1, Some(80)),
-        "tcp" => (Protocol::TcpEcho, None),
-        "https" | "h2" | "h2c" => {
-            bail!("{url}: {scheme} is not supported yet (HTTP/1.1 over http:// and raw tcp:// are)")
+    let (protocol, tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "http" => (Protocol::Http1, false, Some(80)),
+        "https" => (Protocol::Http1, true, Some(443)),
+        "tcp" => (Protocol::TcpEcho, false, None),
+        "h2" | "h2c" => {
+            bail!("{url}: use https:// with --h2 (ALPN h2) or http:// with --h2c (prior knowledge)")
         }
-        other => bail!("{url}: unknown scheme {other:?} (use http:// or tcp://)"),
+        other => bail!("{url}: unknown scheme {other:?} (use http://, https:// or tcp://)"),
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -79,6 +87,11 @@ pub fn parse_target(url: &str) -> anyhow::Result<Target> {
         url: url.to_string(),
         protocol,
         addr,
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
         authority,
         path,
     })
@@ -197,6 +210,21 @@ mod tests {
         assert_eq!(t.path, "/?x=1");
         let t = parse_target("http://[::1]:9000/").unwrap();
         assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(t.host, "::1");
+        assert!(!t.tls);
+    }
+
+    #[test]
+    fn parses_https_urls() {
+        let t = parse_target("https://localhost/x").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.protocol, Protocol::Http1);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.authority, "localhost");
+        assert_eq!(t.host, "localhost");
+        let t = parse_target("https://127.0.0.1:8443/").unwrap();
+        assert_eq!(t.authority, "127.0.0.1:8443");
+        assert_eq!(t.host, "127.0.0.1");
     }
 
     #[test]
@@ -210,8 +238,8 @@ mod tests {
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
-        let e = parse_target("https://127.0.0.1/").unwrap_err().to_string();
-        assert!(e.contains("not supported yet"), "{e}");
+        let e = parse_target("h2c://127.0.0.1/").unwrap_err().to_string();
+        assert!(e.contains("--h2c"), "{e}");
     }
 
     #[test]

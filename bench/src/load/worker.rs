@@ -1,17 +1,20 @@
 //! One load thread: a monoio runtime driving its share of the connections.
 //!
-//! Each connection is a task that loops: wait for its slot (open loop) or go
-//! at once (closed loop), send the request, read the whole response, record.
-//! Requests are never pipelined: one outstanding request per connection, as
-//! wrk and fortio do. The protocol-specific part is `exchange_*`; HTTP/2 and
-//! TLS get their own exchange functions and connection types.
+//! Every request slot is a loop (`slot_loop`): wait for its slot (open loop)
+//! or go at once (closed loop), exchange one request/response, record.
+//! Requests are never pipelined: one outstanding request per slot, as wrk and
+//! fortio do. HTTP/1.1 and raw TCP have one slot per connection
+//! (`Http1Exchanger`, over TCP or TLS); HTTP/2 has `-m` slots per connection,
+//! each a stream on the shared connection (`http2.rs`).
 
+use super::conn::{Conn, RecvBuf};
+use super::http2::{self, Http2Plan};
 use super::pacing::{corrected_latency, NextSend, Schedule};
 use super::progress::ThreadCounters;
 use super::response::{parse_head, BodySkipper};
 use super::stats::{ErrorKind, Stats};
 use super::target::Protocol;
-use monoio::buf::IoBufMut;
+use super::tls::TlsClient;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -22,7 +25,6 @@ use std::time::{Duration, Instant};
 
 /// A response head bigger than this is an error (a proxy limit is 64 KiB too).
 const MAX_HEAD: usize = 64 * 1024;
-const RECV_BUF: usize = 16 * 1024;
 
 /// Everything a thread needs; shared read-only between its connections.
 pub struct ThreadPlan {
@@ -43,6 +45,10 @@ pub struct ThreadPlan {
     pub new_connection_per_request: bool,
     pub timeout: Option<Duration>,
     pub counters: Arc<ThreadCounters>,
+    /// `https://`: the TLS client side.
+    pub tls: Option<Arc<TlsClient>>,
+    /// HTTP/2: the request and the streams per connection.
+    pub http2: Option<Arc<Http2Plan>>,
 }
 
 /// Run the plan on a fresh monoio runtime in the current thread.
@@ -70,14 +76,26 @@ pub fn run_thread(plan: ThreadPlan) -> anyhow::Result<Stats> {
             return shared.stats.take();
         }
         for &index in &plan.connection_indices {
-            let schedule = plan
-                .qps
-                .map(|q| Schedule::for_connection(q, plan.total_connections, index));
-            handles.push(monoio::spawn(run_connection(
-                plan.clone(),
-                shared.clone(),
-                schedule,
-            )));
+            if plan.protocol == Protocol::Http2 {
+                handles.push(monoio::spawn(http2::run_connection(
+                    plan.clone(),
+                    shared.clone(),
+                    index,
+                )));
+                continue;
+            }
+            let mut slot = Slot::new(
+                plan.qps
+                    .map(|q| Schedule::for_connection(q, plan.total_connections, index)),
+            );
+            let (plan, shared) = (plan.clone(), shared.clone());
+            handles.push(monoio::spawn(async move {
+                let mut exchanger = Http1Exchanger {
+                    conn: None,
+                    recv: RecvBuf::new(),
+                };
+                slot_loop(&plan, &shared, &mut slot, &mut exchanger).await;
+            }));
         }
         for h in handles {
             h.await;
@@ -87,14 +105,14 @@ pub fn run_thread(plan: ThreadPlan) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
-struct Shared {
-    stats: RefCell<Stats>,
+pub(super) struct Shared {
+    pub(super) stats: RefCell<Stats>,
     /// Requests this thread may still start (`-n`).
     budget: Cell<u64>,
 }
 
 impl Shared {
-    fn claim(&self) -> bool {
+    pub(super) fn claim(&self) -> bool {
         let left = self.budget.get();
         if left == 0 {
             return false;
@@ -102,34 +120,91 @@ impl Shared {
         self.budget.set(left - 1);
         true
     }
+
+    /// Give back a claimed request that was never sent.
+    fn refund(&self) {
+        self.budget.set(self.budget.get().saturating_add(1));
+    }
+
+    pub(super) fn exhausted(&self) -> bool {
+        self.budget.get() == 0
+    }
 }
 
 /// What one successful exchange measured.
-struct Exchanged {
-    status: u16,
-    header_len: u64,
-    total_len: u64,
+pub(super) struct Exchanged {
+    pub(super) status: u16,
+    pub(super) header_len: u64,
+    pub(super) total_len: u64,
     /// The server will close: do not reuse the connection.
-    close: bool,
+    pub(super) close: bool,
 }
 
-async fn run_connection(plan: Rc<ThreadPlan>, shared: Rc<Shared>, schedule: Option<Schedule>) {
-    let mut stream: Option<TcpStream> = None;
-    let mut recv = RecvBuf::new();
-    let mut k: u64 = 0;
-    let mut ready = Instant::now();
+/// Why an exchange produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Counted as an error of this kind.
+    Error(ErrorKind),
+    /// HTTP/2: the connection took no new stream (GOAWAY, closed) before this
+    /// request was sent: not counted; the slot reconnects and tries again.
+    Unsent,
+}
+
+/// One protocol's way of doing a request/response on a slot.
+pub(super) trait Exchanger {
+    async fn exchange(&mut self, plan: &ThreadPlan, shared: &Shared) -> Result<Exchanged, Failure>;
+    /// After each request: drop what must not be reused. False when the slot
+    /// cannot go on with this exchanger (HTTP/2: the connection is gone).
+    fn settle(&mut self, plan: &ThreadPlan, result: &Result<Exchanged, Failure>) -> bool;
+}
+
+/// A slot's pacing state; it survives reconnects (HTTP/2).
+pub(super) struct Slot {
+    schedule: Option<Schedule>,
+    /// Requests started so far (the open-loop index).
+    k: u64,
+    /// When the previous request finished.
+    ready: Instant,
+}
+
+impl Slot {
+    pub(super) fn new(schedule: Option<Schedule>) -> Slot {
+        Slot {
+            schedule,
+            k: 0,
+            ready: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Deadline reached or `-n` used up.
+    Finished,
+    /// The exchanger cannot go on (reconnect and resume).
+    Broken,
+}
+
+/// Run requests on one slot until the deadline or `-n`, or until the
+/// exchanger gives up.
+pub(super) async fn slot_loop<E: Exchanger>(
+    plan: &ThreadPlan,
+    shared: &Shared,
+    slot: &mut Slot,
+    exchanger: &mut E,
+) -> Stop {
     loop {
         // When is this request meant to go out?
-        let intended = match schedule {
+        let intended = match slot.schedule {
             None => None,
             Some(s) => {
                 let now = Instant::now();
-                match s.next_send(k, now.saturating_duration_since(plan.start)) {
+                match s.next_send(slot.k, now.saturating_duration_since(plan.start)) {
                     NextSend::Now { intended } => Some(plan.start + intended),
                     NextSend::SleepUntil { intended } => {
                         let at = plan.start + intended;
                         if plan.deadline.is_some_and(|d| at >= d) {
-                            break;
+                            return Stop::Finished;
                         }
                         monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
                         Some(at)
@@ -137,33 +212,30 @@ async fn run_connection(plan: Rc<ThreadPlan>, shared: Rc<Shared>, schedule: Opti
                 }
             }
         };
-        k += 1;
+        slot.k += 1;
         let sent = Instant::now();
         if plan.deadline.is_some_and(|d| intended.unwrap_or(sent) >= d) || !shared.claim() {
-            break;
+            return Stop::Finished;
         }
 
         let result = match plan.timeout {
-            Some(t) => {
-                match monoio::time::timeout(t, exchange(&plan, &mut stream, &mut recv, &shared))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(ErrorKind::Timeout),
-                }
-            }
-            None => exchange(&plan, &mut stream, &mut recv, &shared).await,
+            Some(t) => match monoio::time::timeout(t, exchanger.exchange(plan, shared)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Error(ErrorKind::Timeout)),
+            },
+            None => exchanger.exchange(plan, shared).await,
         };
         let done = Instant::now();
         let latency = match intended {
             None => done - sent,
             Some(i) => corrected_latency(
                 i - plan.start,
-                ready - plan.start,
+                slot.ready - plan.start,
                 sent - plan.start,
                 done - plan.start,
             ),
         };
+        let go_on = exchanger.settle(plan, &result);
         match result {
             Ok(x) => {
                 shared.stats.borrow_mut().record_response(
@@ -173,54 +245,89 @@ async fn run_connection(plan: Rc<ThreadPlan>, shared: Rc<Shared>, schedule: Opti
                     x.total_len,
                 );
                 plan.counters.add_done();
-                if x.close || plan.new_connection_per_request {
-                    stream = None;
-                    recv.clear();
-                }
             }
-            Err(kind) => {
+            Err(Failure::Error(kind)) => {
                 shared.stats.borrow_mut().record_error(kind, Some(latency));
                 plan.counters.add_error();
-                stream = None;
-                recv.clear();
-                if kind == ErrorKind::Connect {
-                    // Do not spin on a dead target.
+                if matches!(kind, ErrorKind::Connect | ErrorKind::Tls) {
+                    // Do not spin on a dead or misconfigured target.
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
+            Err(Failure::Unsent) => {
+                shared.refund();
+                slot.k -= 1;
+            }
         }
-        ready = Instant::now();
+        slot.ready = Instant::now();
+        if !go_on {
+            return Stop::Broken;
+        }
     }
 }
 
-/// One request/response on `stream`, connecting first if needed.
-async fn exchange(
-    plan: &ThreadPlan,
-    stream: &mut Option<TcpStream>,
-    recv: &mut RecvBuf,
-    shared: &Shared,
-) -> Result<Exchanged, ErrorKind> {
-    if stream.is_none() {
-        let s = TcpStream::connect_addr(plan.addr)
-            .await
-            .map_err(|_| ErrorKind::Connect)?;
-        let _ = s.set_nodelay(true);
-        shared.stats.borrow_mut().connections_opened += 1;
-        *stream = Some(s);
+/// TCP connect (and TLS handshake for https://), counted in the stats.
+pub(super) async fn connect(plan: &ThreadPlan, shared: &Shared) -> Result<Conn, ErrorKind> {
+    let s = TcpStream::connect_addr(plan.addr)
+        .await
+        .map_err(|_| ErrorKind::Connect)?;
+    let _ = s.set_nodelay(true);
+    shared.stats.borrow_mut().connections_opened += 1;
+    match &plan.tls {
+        None => Ok(Conn::Plain(s)),
+        Some(tls) => {
+            let began = Instant::now();
+            let stream = tls.connect(s).await.map_err(|_| ErrorKind::Tls)?;
+            shared
+                .stats
+                .borrow_mut()
+                .tls_handshakes
+                .record(began.elapsed().as_nanos() as u64);
+            Ok(Conn::Tls(Box::new(stream)))
+        }
     }
-    let s = stream.as_mut().expect("connected above");
-    let (res, _) = s.write_all(plan.request.clone()).await;
-    res.map_err(|_| ErrorKind::Write)?;
-    shared.stats.borrow_mut().bytes_sent += plan.request.len() as u64;
-    match plan.protocol {
-        Protocol::Http1 => exchange_http1(s, recv, plan.head_request).await,
-        Protocol::TcpEcho => exchange_tcp_echo(s, recv, &plan.request).await,
-        Protocol::TcpBulk => unreachable!("bulk connections use run_bulk_connection"),
+}
+
+/// HTTP/1.1 (TCP or TLS) and raw TCP echo: one request at a time on one
+/// connection, reconnecting when it is closed or after every request with
+/// `--new-conn`.
+struct Http1Exchanger {
+    conn: Option<Conn>,
+    recv: RecvBuf,
+}
+
+impl Exchanger for Http1Exchanger {
+    async fn exchange(&mut self, plan: &ThreadPlan, shared: &Shared) -> Result<Exchanged, Failure> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(plan, shared).await.map_err(Failure::Error)?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        conn.write_all(&plan.request)
+            .await
+            .map_err(|_| Failure::Error(ErrorKind::Write))?;
+        shared.stats.borrow_mut().bytes_sent += plan.request.len() as u64;
+        match plan.protocol {
+            Protocol::Http1 => exchange_http1(conn, &mut self.recv, plan.head_request).await,
+            Protocol::TcpEcho => exchange_tcp_echo(conn, &mut self.recv, &plan.request).await,
+            Protocol::Http2 | Protocol::TcpBulk => {
+                unreachable!("HTTP/2 and bulk connections have their own loops")
+            }
+        }
+        .map_err(Failure::Error)
+    }
+
+    fn settle(&mut self, plan: &ThreadPlan, result: &Result<Exchanged, Failure>) -> bool {
+        let reuse = matches!(result, Ok(x) if !x.close && !plan.new_connection_per_request);
+        if !reuse {
+            self.conn = None;
+            self.recv.clear();
+        }
+        true
     }
 }
 
 async fn exchange_http1(
-    s: &mut TcpStream,
+    s: &mut Conn,
     recv: &mut RecvBuf,
     head_request: bool,
 ) -> Result<Exchanged, ErrorKind> {
@@ -269,7 +376,7 @@ async fn exchange_http1(
 
 /// Raw TCP echo: the payload must come back byte for byte. Reported as 200.
 async fn exchange_tcp_echo(
-    s: &mut TcpStream,
+    s: &mut Conn,
     recv: &mut RecvBuf,
     payload: &[u8],
 ) -> Result<Exchanged, ErrorKind> {
@@ -359,55 +466,6 @@ async fn run_bulk_connection(plan: Rc<ThreadPlan>, shared: Rc<Shared>) {
     }
 }
 
-/// Receive buffer: `buf[pos..]` holds bytes read but not yet consumed.
-struct RecvBuf {
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl RecvBuf {
-    fn new() -> RecvBuf {
-        RecvBuf {
-            buf: Vec::with_capacity(RECV_BUF),
-            pos: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.buf.len() {
-            self.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.pos = 0;
-    }
-
-    /// Read more bytes after the unconsumed ones; returns 0 at end of stream.
-    async fn fill(&mut self, s: &mut TcpStream) -> Result<usize, ErrorKind> {
-        if self.buf.len() == self.buf.capacity() {
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            } else {
-                // Also restores the buffer after a timed-out read took it away.
-                self.buf.reserve(self.buf.capacity().max(RECV_BUF));
-            }
-        }
-        let len = self.buf.len();
-        let buf = std::mem::take(&mut self.buf);
-        let (res, slice) = s.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
-        res.map_err(|_| ErrorKind::Read)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +520,8 @@ mod tests {
             new_connection_per_request: false,
             timeout: Some(Duration::from_secs(10)),
             counters: Arc::new(ThreadCounters::default()),
+            tls: None,
+            http2: None,
         };
         let stats = run_thread(plan).unwrap();
         assert_eq!(
@@ -522,6 +582,8 @@ mod tests {
             new_connection_per_request: false,
             timeout: Some(Duration::from_millis(200)),
             counters: Arc::new(ThreadCounters::default()),
+            tls: None,
+            http2: None,
         };
         let stats = run_thread(plan).unwrap();
         assert_eq!(
@@ -555,6 +617,8 @@ mod tests {
             new_connection_per_request: false,
             timeout: Some(Duration::from_secs(5)),
             counters: Arc::new(ThreadCounters::default()),
+            tls: None,
+            http2: None,
         };
         let stats = run_thread(plan).unwrap();
         assert_eq!(stats.errors.get(&ErrorKind::Connect), Some(&3));
