@@ -63,6 +63,14 @@ struct PeerAuth {
     mode_value: MtlsMode,
 }
 
+/// `(namespace, name, selector labels, spec)` of a policy decoded from xDS.
+pub(crate) type DecodedPolicy = (
+    String,
+    String,
+    Option<BTreeMap<String, String>>,
+    AuthorizationPolicySpec,
+);
+
 /// All AuthorizationPolicies and PeerAuthentications.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Policies {
@@ -99,6 +107,25 @@ impl Policies {
         Self {
             authorization,
             peer_authentication,
+        }
+    }
+
+    /// AuthorizationPolicies decoded from xDS (`crate::xds::reverse`); no
+    /// PeerAuthentication (Istio sends STRICT mTLS as converted Authorization
+    /// policies instead).
+    pub(crate) fn from_authorizations(policies: Vec<DecodedPolicy>) -> Self {
+        let authorization = policies
+            .into_iter()
+            .map(|(namespace, name, selector, spec)| Policy {
+                namespace,
+                name,
+                selector,
+                spec,
+            })
+            .collect();
+        Self {
+            authorization,
+            peer_authentication: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! cluster id), Service `NS/HOSTNAME`, Authorization `NS/NAME`.
 
 mod authorization;
+mod reverse;
 mod services;
 mod workloads;
 
@@ -18,6 +19,7 @@ use mesh_config::Resources;
 use crate::workloads::WorkloadRegistry;
 
 pub use authorization::authorization_of;
+pub use reverse::{decode_all, LocalNetns, POLICY_MARKER_LABEL_PREFIX};
 pub use services::{service_hostname, WAYPOINT_LABEL};
 pub use workloads::workload_uid;
 
@@ -93,5 +95,7 @@ pub fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
     }
 }
 
+#[cfg(test)]
+mod reverse_tests;
 #[cfg(test)]
 mod tests;
