@@ -1,6 +1,7 @@
 //! The registry: the immutable snapshot data-plane workers read, and the
 //! translation from configuration resources to it.
 
+pub mod l4;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use l4::{HostMap, L4Backend, L4Listener, L4Route, L4Routes};
 pub use snapshot::*;
 pub use translate::{translate, translate_loaded, TranslateOptions};
 

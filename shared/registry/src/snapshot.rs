@@ -42,6 +42,11 @@ pub enum ListenerProtocol {
     Http,
     /// TLS terminated with the port's certificates ([`PortConfig::tls`]), then HTTP/1.1.
     Https,
+    /// TLS passthrough (`protocol: TLS`, `tls.mode: Passthrough`): routed by SNI with
+    /// [`ListenerSet::l4`], never decrypted. Not served by the HTTP engine.
+    TlsPassthrough,
+    /// Plain TCP (`protocol: TCP`): routed with [`ListenerSet::l4`]. Not served by the HTTP engine.
+    Tcp,
 }
 
 /// All listeners (possibly of several Gateways) that share one port.
@@ -65,6 +70,9 @@ pub struct ListenerSet {
     pub wildcard: Vec<(String, Arc<Listener>)>,
     /// The listener without a hostname, if any.
     pub any: Option<Arc<Listener>>,
+    /// TLS passthrough and TCP ports: the L4 routes (the HTTP fields above are
+    /// then empty). None on HTTP and HTTPS ports.
+    pub l4: Option<Arc<crate::l4::L4Routes>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -128,19 +128,9 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
     let port = u16::try_from(l.port).ok().filter(|p| *p != 0);
     let mut accepted = Ok(());
     let https = l.protocol.eq_ignore_ascii_case("HTTPS");
-    let protocol = if https {
-        ListenerProtocol::Https
-    } else {
-        ListenerProtocol::Http
-    };
-    if !https && !l.protocol.eq_ignore_ascii_case("HTTP") {
-        accepted = Err((
-            "UnsupportedProtocol",
-            format!(
-                "protocol {} is not supported yet (only HTTP and HTTPS)",
-                l.protocol
-            ),
-        ));
+    let protocol = super::l4_listeners::protocol_of(&l.protocol);
+    if let Some(problem) = super::l4_listeners::protocol_problem(l) {
+        accepted = Err(problem);
     } else if https && !super::certificates::is_terminate(l.tls.as_ref()) {
         accepted = Err((
             "UnsupportedValue",
@@ -209,6 +199,16 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
         resolved_refs = Err(problem.clone());
     }
     let allows_http_route = !supported_kinds.is_empty();
+    // TLS passthrough and TCP listeners take only their own L4 route kind.
+    let l4 = super::l4_listeners::is_l4(protocol);
+    if l4 {
+        let kinds = allowed_routes.and_then(|a| a.kinds.as_deref());
+        (supported_kinds, resolved_refs) = super::l4_listeners::route_kinds(protocol, kinds);
+        if accepted.is_err() {
+            supported_kinds.clear();
+        }
+    }
+    let allows_http_route = allows_http_route && !l4;
     ListenerCtx {
         name: l.name.clone(),
         port: port.unwrap_or(0),

@@ -13,6 +13,8 @@ mod conditions;
 mod duration;
 mod filters;
 mod hostnames;
+mod l4;
+mod l4_listeners;
 mod listeners;
 mod matches;
 mod precedence;
@@ -95,6 +97,15 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
     }
 
     let ports = build_ports(&gateways, &routes);
+    // TLSRoute/TCPRoute: attach, fill the L4 ports' tables, add their status.
+    let ports = l4::translate_l4(
+        ports,
+        &mut gateways,
+        &gateway_index,
+        resources,
+        &mut resolver,
+        &mut route_statuses,
+    );
     let gateway_statuses = gateways.iter().map(gateway_status).collect();
     Snapshot {
         version: 0,
