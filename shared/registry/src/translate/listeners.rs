@@ -11,6 +11,7 @@ use mesh_config::{GatewaySpec, Object, Resources};
 
 use super::backends::GATEWAY_GROUP;
 use super::conditions::HTTP_ROUTE_KIND;
+use super::grpc::GRPC_ROUTE_KIND;
 use super::hostnames::HostKey;
 use super::TranslateOptions;
 use crate::snapshot::{ListenerProtocol, ObjectRef};
@@ -31,6 +32,8 @@ pub struct ListenerCtx {
     pub allowed: AllowedNamespaces,
     /// HTTPRoute is among the allowed kinds.
     pub allows_http_route: bool,
+    /// GRPCRoute is among the allowed kinds.
+    pub allows_grpc_route: bool,
     pub supported_kinds: Vec<String>,
     /// Err = Accepted=False (and not programmed).
     pub accepted: Result<(), Problem>,
@@ -46,6 +49,8 @@ pub struct ListenerCtx {
     pub attached: HashSet<ObjectRef>,
     /// (index of the compiled route, intersected hostnames).
     pub attachments: Vec<(usize, Vec<crate::translate::hostnames::HostKey>)>,
+    /// GRPCRoutes: (index of the compiled GRPCRoute, intersected hostnames).
+    pub grpc_attachments: Vec<(usize, Vec<crate::translate::hostnames::HostKey>)>,
 }
 
 impl ListenerCtx {
@@ -167,14 +172,22 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
     let mut resolved_refs = Ok(());
     let mut supported_kinds = Vec::new();
     match allowed_routes.and_then(|a| a.kinds.as_deref()) {
-        None | Some([]) => supported_kinds.push(HTTP_ROUTE_KIND.to_string()),
+        None | Some([]) => {
+            supported_kinds.push(HTTP_ROUTE_KIND.to_string());
+            supported_kinds.push(GRPC_ROUTE_KIND.to_string());
+        }
         Some(kinds) => {
             let mut invalid = Vec::new();
             for k in kinds {
                 let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
-                    if !supported_kinds.iter().any(|s| s == HTTP_ROUTE_KIND) {
-                        supported_kinds.push(HTTP_ROUTE_KIND.to_string());
+                let known = match k.kind.as_str() {
+                    "HTTPRoute" => Some(HTTP_ROUTE_KIND),
+                    "GRPCRoute" => Some(GRPC_ROUTE_KIND),
+                    _ => None,
+                };
+                if let Some(known) = known.filter(|_| group == GATEWAY_GROUP) {
+                    if !supported_kinds.iter().any(|s| s == known) {
+                        supported_kinds.push(known.to_string());
                     }
                 } else {
                     invalid.push(format!("{group}/{}", k.kind));
@@ -198,7 +211,8 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
         // False; the certificate problem is the one that stops serving.
         resolved_refs = Err(problem.clone());
     }
-    let allows_http_route = !supported_kinds.is_empty();
+    let allows_http_route = supported_kinds.iter().any(|k| k == HTTP_ROUTE_KIND);
+    let allows_grpc_route = supported_kinds.iter().any(|k| k == GRPC_ROUTE_KIND);
     // TLS passthrough and TCP listeners take only their own L4 route kind.
     let l4 = super::l4_listeners::is_l4(protocol);
     if l4 {
@@ -209,12 +223,14 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
         }
     }
     let allows_http_route = allows_http_route && !l4;
+    let allows_grpc_route = allows_grpc_route && !l4;
     ListenerCtx {
         name: l.name.clone(),
         port: port.unwrap_or(0),
         hostname,
         allowed,
         allows_http_route,
+        allows_grpc_route,
         supported_kinds,
         accepted,
         resolved_refs,
@@ -223,6 +239,7 @@ fn listener(l: &GatewayListeners, gateway_ns: &str, resources: &Resources) -> Li
         certificate,
         attached: HashSet::new(),
         attachments: Vec::new(),
+        grpc_attachments: Vec::new(),
     }
 }
 

@@ -12,6 +12,8 @@ mod certificates;
 mod conditions;
 mod duration;
 mod filters;
+mod grpc;
+mod grpc_attach;
 mod hostnames;
 mod l4;
 mod l4_listeners;
@@ -96,7 +98,24 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
         }
     }
 
-    let ports = build_ports(&gateways, &routes);
+    // GRPCRoutes: their own order (precedence ties), attachment and status; then the
+    // HTTPRoute/GRPCRoute hostname conflict rule on every listener.
+    let mut grpc_objects: Vec<_> = resources.grpc_routes.values().collect();
+    grpc_objects.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
+    let grpc_routes: Vec<grpc::GrpcCompiledRoute<'_>> = grpc_objects
+        .into_iter()
+        .enumerate()
+        .map(|(rank, r)| grpc::compile_grpc_route(r, rank, &mut resolver))
+        .collect();
+    route_statuses.extend(grpc_attach::attach_grpc_routes(
+        &grpc_routes,
+        &mut gateways,
+        &gateway_index,
+        resources,
+    ));
+    grpc_attach::resolve_kind_conflicts(&mut gateways, &routes, &grpc_routes, &mut route_statuses);
+
+    let ports = build_ports(&gateways, &routes, &grpc_routes);
     // TLSRoute/TCPRoute: attach, fill the L4 ports' tables, add their status.
     let ports = l4::translate_l4(
         ports,
@@ -255,6 +274,7 @@ fn attach_route(
 fn build_ports(
     gateways: &[GatewayCtx<'_>],
     routes: &[CompiledRoute<'_>],
+    grpc_routes: &[grpc::GrpcCompiledRoute<'_>],
 ) -> BTreeMap<u16, Arc<PortConfig>> {
     let mut sets: BTreeMap<u16, ListenerSet> = BTreeMap::new();
     let mut protocols: BTreeMap<u16, ListenerProtocol> = BTreeMap::new();
@@ -273,7 +293,7 @@ fn build_ports(
                 gateway: g.key.clone(),
                 name: l.name.clone(),
                 hostname: l.hostname.display(),
-                routes: virtual_hosts(l, routes),
+                routes: virtual_hosts(l, routes, grpc_routes),
             });
             let set = sets.entry(l.port).or_default();
             // Conflicts were resolved in `listeners::collect`, so each slot is free.
@@ -321,11 +341,22 @@ fn build_ports(
 /// the entries of the less specific groups that cover it (after its own, per
 /// the hostname precedence), because a request is matched only in its most
 /// specific group.
-fn virtual_hosts(l: &ListenerCtx, routes: &[CompiledRoute<'_>]) -> VirtualHosts {
-    let mut groups: HashMap<&HostKey, Vec<(usize, usize)>> = HashMap::new();
+fn virtual_hosts(
+    l: &ListenerCtx,
+    routes: &[CompiledRoute<'_>],
+    grpc_routes: &[grpc::GrpcCompiledRoute<'_>],
+) -> VirtualHosts {
+    // (is a GRPCRoute, index into its attachment list); only one kind survives in a
+    // host group (`grpc_attach::resolve_kind_conflicts`), so keys never compete.
+    let mut groups: HashMap<&HostKey, Vec<(bool, usize)>> = HashMap::new();
     for (ai, (_, hosts)) in l.attachments.iter().enumerate() {
-        for (hi, h) in hosts.iter().enumerate() {
-            groups.entry(h).or_default().push((ai, hi));
+        for h in hosts {
+            groups.entry(h).or_default().push((false, ai));
+        }
+    }
+    for (ai, (_, hosts)) in l.grpc_attachments.iter().enumerate() {
+        for h in hosts {
+            groups.entry(h).or_default().push((true, ai));
         }
     }
     // Only wildcard groups and the Any group can cover another group.
@@ -338,7 +369,7 @@ fn virtual_hosts(l: &ListenerCtx, routes: &[CompiledRoute<'_>]) -> VirtualHosts 
 
     let mut vhosts = VirtualHosts::default();
     for (&key, own) in &groups {
-        let mut sources: Vec<(&HostKey, &Vec<(usize, usize)>)> = vec![(key, own)];
+        let mut sources: Vec<(&HostKey, &Vec<(bool, usize)>)> = vec![(key, own)];
         for &c in &covering {
             if c != key && c.covers(key) {
                 sources.push((c, &groups[c]));
@@ -346,12 +377,29 @@ fn virtual_hosts(l: &ListenerCtx, routes: &[CompiledRoute<'_>]) -> VirtualHosts 
         }
         let mut entries = Vec::new();
         for (source, members) in sources {
-            for &(ai, _) in members {
+            for &(is_grpc, ai) in members {
+                if is_grpc {
+                    let route = &grpc_routes[l.grpc_attachments[ai].0];
+                    for rule in &route.rules {
+                        let r = &rule.compiled;
+                        for (mi, m) in r.matchers.iter().enumerate() {
+                            let k = grpc::grpc_precedence_key(
+                                source,
+                                rule.specificity[mi],
+                                route.rank,
+                                r.rule.rule_index,
+                                mi,
+                            );
+                            entries.push((grpc::EntryKey::Grpc(k), m, &r.rule));
+                        }
+                    }
+                    continue;
+                }
                 let route = &routes[l.attachments[ai].0];
                 for rule in &route.rules {
                     for (mi, m) in rule.matchers.iter().enumerate() {
                         let k = precedence_key(source, m, route.rank, rule.rule.rule_index, mi);
-                        entries.push((k, m, &rule.rule));
+                        entries.push((grpc::EntryKey::Http(k), m, &rule.rule));
                     }
                 }
             }

@@ -80,7 +80,7 @@ pub fn compile_route<'a>(
     compiled
 }
 
-fn compile_rule(
+pub(super) fn compile_rule(
     route: &ObjectRef,
     rule_index: usize,
     rule: &HttpRouteRules,

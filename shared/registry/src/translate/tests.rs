@@ -3,6 +3,7 @@
 //! entry), plus the Gateway API conformance vectors when they are present.
 
 mod fixtures;
+mod grpc;
 mod tls;
 mod unit;
 mod vectors;

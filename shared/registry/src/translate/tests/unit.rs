@@ -621,7 +621,7 @@ fn allowed_route_kinds_and_loader_errors_in_status() {
         "infra",
         "gw",
         &[
-            "{name: grpc-only, port: 80, protocol: HTTP, hostname: g.com, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}",
+            "{name: udp-only, port: 80, protocol: HTTP, hostname: g.com, allowedRoutes: {kinds: [{kind: UDPRoute}]}}",
             "{name: mixed, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TCPRoute}]}}",
         ],
     );
@@ -653,7 +653,7 @@ fn allowed_route_kinds_and_loader_errors_in_status() {
         gw.listeners[1].supported_kinds,
         vec!["gateway.networking.k8s.io/HTTPRoute"]
     );
-    assert_eq!(attached_routes(&snap, "infra/gw", "grpc-only"), 0);
+    assert_eq!(attached_routes(&snap, "infra/gw", "udp-only"), 0);
     assert_eq!(attached_routes(&snap, "infra/gw", "mixed"), 1);
     // The route has no backends: it matches and the engine answers 500.
     assert!(pick(&snap, &req("x.org", "/")).unwrap().backends.is_empty());
