@@ -195,7 +195,7 @@ fn curl_gets_the_certificate_of_each_hostname() {
     assert_eq!(code, "302", "{verbose}\n{}", s.gw.logs());
     assert!(verbose.contains("CN=a.example.com"), "{verbose}");
     assert!(
-        verbose.contains("ALPN: server accepted http/1.1"),
+        verbose.contains("ALPN: server accepted h2"),
         "{verbose}"
     );
     assert!(

@@ -11,6 +11,7 @@
 pub mod body;
 pub mod codec;
 pub mod filters;
+pub mod h2;
 pub mod io;
 mod local;
 pub mod metrics;
@@ -61,6 +62,8 @@ pub struct HttpOptions {
     /// A body (request or response) that makes no progress for this long is
     /// abandoned: 408 for a request body, the connection is closed otherwise.
     pub body_idle_timeout: Duration,
+    /// HTTP/2 toward clients (ALPN h2 on HTTPS, h2c on HTTP listeners).
+    pub h2: h2::H2Options,
 }
 
 impl Default for HttpOptions {
@@ -76,6 +79,7 @@ impl Default for HttpOptions {
             connect_timeout: Duration::from_secs(5),
             mirror_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(300),
+            h2: h2::H2Options::default(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct HttpHandler {
     pub(crate) metrics: Arc<WorkerMetrics>,
     pub(crate) options: HttpOptions,
     pub(crate) pool: upstream::pool::Pool,
+    /// h2c upstream connections (clusters with appProtocol h2c/grpc).
+    pub(crate) h2_pool: upstream::h2pool::H2Pool,
     pub(crate) rng: RefCell<SmallRng>,
     /// Round-robin position per cluster name.
     pub(crate) round_robin: RefCell<HashMap<String, usize>>,
@@ -101,6 +107,7 @@ impl HttpHandler {
             snapshots,
             metrics,
             pool: upstream::pool::Pool::new(options.max_idle_per_endpoint),
+            h2_pool: upstream::h2pool::H2Pool::new(),
             options,
             rng: RefCell::new(SmallRng::from_os_rng()),
             round_robin: RefCell::new(HashMap::new()),
@@ -120,6 +127,33 @@ impl HttpHandler {
         scheme: &'static str,
     ) -> impl std::future::Future<Output = ()> + 'static {
         server::serve_stream(self, stream, peer, port, drain, scheme)
+    }
+}
+
+impl HttpHandler {
+    /// Serves HTTP/2 over any stream with tokio's I/O traits that starts with
+    /// the client preface (e.g. a TLS stream that negotiated ALPN h2, or an
+    /// HBONE tunnel carrying gRPC). `scheme` as for [`HttpHandler::serve_stream`].
+    pub fn serve_h2<S>(
+        self: Rc<Self>,
+        io: S,
+        peer: std::net::SocketAddr,
+        port: u16,
+        drain: mesh_runtime::Drain,
+        scheme: &'static str,
+    ) -> impl std::future::Future<Output = ()> + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let conn = h2::server::Conn {
+            peer,
+            port,
+            scheme,
+            sni: None,
+            drain,
+            active: Default::default(),
+        };
+        h2::server::serve(self, io, conn, true)
     }
 }
 

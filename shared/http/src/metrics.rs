@@ -71,6 +71,14 @@ pub struct WorkerMetrics {
     pub tls_handshakes: AtomicU64,
     /// HTTPS listeners: handshakes that failed (bad ClientHello, alert, timeout, EOF).
     pub tls_handshake_failures: AtomicU64,
+    /// Client connections served as HTTP/2 (ALPN h2 or h2c).
+    pub h2_connections: AtomicU64,
+    /// HTTP/2 connections closed for a protocol error h2 detected (bad
+    /// preface, CONTINUATION flood, window overflow...: GOAWAY sent).
+    pub h2_protocol_errors: AtomicU64,
+    /// HTTP/2 connections closed by the flood guard (SETTINGS/PING flood,
+    /// rapid reset): GOAWAY ENHANCE_YOUR_CALM.
+    pub h2_floods: AtomicU64,
 }
 
 const UNKNOWN: &str = "unknown";
@@ -116,6 +124,18 @@ impl WorkerMetrics {
 
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn h2_connection_opened(&self) {
+        self.h2_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn h2_protocol_error(&self) {
+        self.h2_protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn h2_flood(&self) {
+        self.h2_floods.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -241,6 +261,19 @@ impl MetricsSource for HttpMetrics {
         let _ = writeln!(out, "ringmesh_tls_handshakes_total {handshakes}");
         out.push_str("# TYPE ringmesh_tls_handshake_failures_total counter\n");
         let _ = writeln!(out, "ringmesh_tls_handshake_failures_total {failures}");
+        for (name, field) in [
+            (
+                "ringmesh_h2_connections_total",
+                (|w| &w.h2_connections) as fn(&WorkerMetrics) -> &AtomicU64,
+            ),
+            ("ringmesh_h2_protocol_errors_total", |w| {
+                &w.h2_protocol_errors
+            }),
+            ("ringmesh_h2_floods_total", |w| &w.h2_floods),
+        ] {
+            let value = sum(field);
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");
+        }
     }
 }
 

@@ -15,6 +15,9 @@ use crate::io::{ClientStream, Io};
 use crate::proxy::{self, Outcome};
 use crate::{tunnel, HttpHandler};
 
+/// The first line of the HTTP/2 client preface.
+const H2C_REQUEST_LINE: &[u8] = b"PRI * HTTP/2.0";
+
 /// One downstream connection's state.
 pub(crate) struct Client<S> {
     pub io: Io<S>,
@@ -43,15 +46,52 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
         return crate::tls::serve(handler, conn, tls).await;
     }
     let _ = conn.stream.set_nodelay(true);
-    serve_stream(
-        handler,
+    let h2c = handler.options.h2.h2c_prior_knowledge;
+    let drain = conn.drain.clone();
+    let handed_over = serve_connection(
+        handler.clone(),
         conn.stream,
         conn.peer,
         conn.port,
         conn.drain,
         "http",
+        None,
+        h2c,
     )
     .await;
+    if let Some(io) = handed_over {
+        serve_h2c(handler, io, conn.peer, conn.port, drain).await;
+    }
+}
+
+/// An HTTP listener connection that opened with the HTTP/2 preface: served
+/// by h2, with the bytes already read replayed in front of the socket.
+async fn serve_h2c(
+    handler: Rc<HttpHandler>,
+    io: Io<monoio::net::TcpStream>,
+    peer: SocketAddr,
+    port: u16,
+    drain: Drain,
+) {
+    let Io { stream, rbuf } = io;
+    let stream = match monoio::io::IntoPollIo::into_poll_io(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, "h2c: cannot switch the socket to poll mode: {e}");
+            handler.metrics.connection_closed();
+            return;
+        }
+    };
+    let conn = crate::h2::server::Conn {
+        peer,
+        port,
+        scheme: "http",
+        sni: None,
+        drain,
+        active: Default::default(),
+    };
+    let io = crate::h2::Rewind::new(rbuf.freeze(), stream);
+    crate::h2::server::serve(handler, io, conn, false).await;
 }
 
 pub(crate) async fn serve_stream<S: ClientStream>(
@@ -74,6 +114,23 @@ pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
     scheme: &'static str,
     sni: Option<Box<str>>,
 ) {
+    serve_connection(handler, stream, peer, port, drain, scheme, sni, false).await;
+}
+
+/// The HTTP/1.1 connection loop. With `h2c`, a connection that opens with
+/// the HTTP/2 preface is handed back (its bytes read so far in `rbuf`) for
+/// the caller to serve as HTTP/2; it still counts as open.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S: ClientStream>(
+    handler: Rc<HttpHandler>,
+    stream: S,
+    peer: SocketAddr,
+    port: u16,
+    drain: Drain,
+    scheme: &'static str,
+    sni: Option<Box<str>>,
+    h2c: bool,
+) -> Option<Io<S>> {
     handler.metrics.connection_opened();
     let mut client = Client {
         io: Io::new(stream),
@@ -87,8 +144,10 @@ pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
     };
     let mut first = true;
     loop {
-        let Some(head) = read_head(&handler, &mut client, first).await else {
-            break;
+        let head = match read_head(&handler, &mut client, first, h2c).await {
+            Head::Request(head) => head,
+            Head::H2Preface => return Some(client.io),
+            Head::Close => break,
         };
         first = false;
         match proxy::handle(&handler, &mut client, head).await {
@@ -101,15 +160,25 @@ pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
         }
     }
     handler.metrics.connection_closed();
+    None
 }
 
-/// Waits for the next request head. None: close the connection (peer gone,
-/// idle timeout, drain, or an error response was already sent).
+enum Head {
+    Request(RequestHead),
+    /// The connection opened with the HTTP/2 client preface (h2c).
+    H2Preface,
+    /// Close the connection (peer gone, idle timeout, drain, or an error
+    /// response was already sent).
+    Close,
+}
+
+/// Waits for the next request head.
 async fn read_head<S: ClientStream>(
     handler: &HttpHandler,
     client: &mut Client<S>,
     first: bool,
-) -> Option<RequestHead> {
+    h2c: bool,
+) -> Head {
     let opts = &handler.options;
     if client.io.rbuf.is_empty() {
         client.io.shrink_idle();
@@ -124,30 +193,35 @@ async fn read_head<S: ClientStream>(
         };
         let read = monoio::select! {
             r = client.io.fill() => r,
-            _ = monoio::time::sleep(wait) => return None,
-            _ = client.drain.signaled() => return None,
+            _ = monoio::time::sleep(wait) => return Head::Close,
+            _ = client.drain.signaled() => return Head::Close,
         };
         match read {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return Head::Close,
             Ok(_) => {}
         }
     }
     let deadline = Instant::now() + opts.request_header_timeout;
     loop {
         match parse_request(&mut client.io.rbuf, opts.max_request_header_bytes) {
-            Ok(Some(head)) => return Some(head),
+            Ok(Some(head)) => return Head::Request(head),
             Ok(None) => {}
+            // "PRI * HTTP/2.0" is no HTTP/1.x request line: only a failed
+            // parse looks for the h2c preface.
+            Err(_) if h2c && first && client.io.rbuf.starts_with(H2C_REQUEST_LINE) => {
+                return Head::H2Preface;
+            }
             Err(e) => {
                 proxy::send_error(handler, client, e.status(), e.reason()).await;
-                return None;
+                return Head::Close;
             }
         }
         match monoio::time::timeout_at(deadline.into(), client.io.fill()).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Close,
             Ok(Ok(_)) => {}
             Err(_) => {
                 proxy::send_error(handler, client, 408, "request header timeout").await;
-                return None;
+                return Head::Close;
             }
         }
     }

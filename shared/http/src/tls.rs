@@ -1,4 +1,5 @@
-//! HTTPS listeners: TLS termination in front of the HTTP/1.1 server.
+//! HTTPS listeners: TLS termination in front of the HTTP/1.1 server, or the
+//! HTTP/2 server when the client negotiated ALPN `h2`.
 //!
 //! The port's rustls `ServerConfig` (certificate by SNI, ALPN) is built at
 //! translation (`PortConfig::tls`); here a connection is handshaken with a
@@ -47,6 +48,18 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted, tls: Arc<Por
     };
     handler.metrics.tls_handshake_completed();
     let sni: Option<Box<str>> = stream.server_name().map(|s| s.to_ascii_lowercase().into());
+    if stream.alpn_protocol() == Some(b"h2") {
+        let conn = crate::h2::server::Conn {
+            peer: conn.peer,
+            port: conn.port,
+            scheme: "https",
+            sni,
+            drain: conn.drain,
+            active: Default::default(),
+        };
+        // h2 drives the TLS stream through its tokio traits and flushes itself.
+        return crate::h2::server::serve(handler, stream, conn, true).await;
+    }
     crate::server::serve_stream_with_sni(
         handler,
         TlsIo(stream),

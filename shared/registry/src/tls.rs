@@ -18,9 +18,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::snapshot::wildcard_matches;
 
-/// ALPN protocols offered on HTTPS listeners. Only HTTP/1.1 is served today;
-/// HTTP/2 to clients adds `h2` here (first, as the preferred one).
-pub const HTTPS_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// ALPN protocols offered on HTTPS listeners, preferred first: HTTP/2
+/// (served by mesh-http's h2 server), then HTTP/1.1. A client offering
+/// neither (or no ALPN) gets HTTP/1.1.
+pub const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// A certificate chain and its key, checked to belong together.
 pub fn certified_key_from_pem(

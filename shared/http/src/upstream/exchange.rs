@@ -80,7 +80,7 @@ async fn exchange(
     read_response_head(&mut up.stream, &mut up.rbuf, head_request, max_head).await
 }
 
-async fn read_response_head<R: AsyncReadRent>(
+pub(crate) async fn read_response_head<R: AsyncReadRent>(
     r: &mut R,
     rbuf: &mut BytesMut,
     head_request: bool,

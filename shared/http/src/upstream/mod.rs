@@ -1,6 +1,7 @@
 //! Upstream (backend) side: connection pool and backend selection.
 
 pub(crate) mod exchange;
+pub mod h2pool;
 pub(crate) mod head;
 pub mod pick;
 pub mod pool;

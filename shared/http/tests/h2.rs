@@ -1,0 +1,352 @@
+//! HTTP/2 from clients: h2c prior knowledge and TLS with ALPN h2, routed by
+//! the same engine as HTTP/1.1 to HTTP/1.1 and h2c backends; gRPC trailers
+//! and the proxy's own errors as gRPC statuses.
+
+mod common;
+mod h2_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use h2_support::*;
+use http::Request;
+use mesh_registry::{Cluster, Timeouts, UpstreamProtocol};
+
+fn simple_gateway(c: &Arc<Cluster>) -> Gateway {
+    let c = c.clone();
+    Gateway::start(
+        move |port| {
+            snapshot(
+                port,
+                vec![prefix("/", rule(vec![backend(&c, 1)], vec![]))],
+                vec![],
+            )
+        },
+        quick_options(),
+    )
+}
+
+fn h2c_cluster(name: &str, addr: std::net::SocketAddr) -> Arc<Cluster> {
+    Arc::new(Cluster {
+        name: format!("default/{name}:80"),
+        service: obj("default", name),
+        port: 80,
+        endpoints: vec![addr],
+        protocol: UpstreamProtocol::H2c,
+        policy: Default::default(),
+    })
+}
+
+#[test]
+fn h2c_prior_knowledge_reaches_an_http1_backend_with_streamed_bodies() {
+    let up = upstream();
+    let gw = simple_gateway(&cluster("web", vec![up.addr]));
+    let url = format!("http://h2.test:{}", gw.addr.port());
+    runtime().block_on(async {
+        let client = h2c_client(gw.addr).await;
+        let r = send(&client, h2get(&format!("{url}/hello?x=1")), None, 0).await;
+        assert_eq!(r.status, 200);
+        let seen = r.text();
+        assert!(seen.starts_with("GET /hello?x=1 HTTP/1.1\r\n"), "{seen}");
+        assert_eq!(
+            header_value(&seen, "host").as_deref(),
+            Some(&*format!("h2.test:{}", gw.addr.port()))
+        );
+        assert_eq!(
+            header_value(&seen, "x-forwarded-proto").as_deref(),
+            Some("http")
+        );
+        assert!(header_value(&seen, "x-request-id").is_some());
+
+        // Unknown length: streamed upstream chunked, 3 MiB in 50 KiB frames.
+        let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        let post = Request::post(format!("{url}/upload")).body(()).unwrap();
+        let r = send(&client, post, Some(&body), 50_000).await;
+        assert_eq!(r.status, 200);
+        let seen = r.text();
+        assert_eq!(
+            header_value(&seen, "transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{seen}"
+        );
+        assert_eq!(r.header("x-body-len"), Some(&*body.len().to_string()));
+        assert_eq!(r.header("x-body-sum"), Some(&*checksum(&body).to_string()));
+
+        // Large response body, and several streams at once on one connection.
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            let url = url.clone();
+            calls.push(tokio::spawn(async move {
+                send(&client, h2get(&format!("{url}/big/3000000")), None, 0).await
+            }));
+        }
+        for call in calls {
+            let r = call.await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), 3_000_000);
+            assert_eq!(r.header("content-length"), Some("3000000"));
+        }
+        // Chunked upstream response becomes DATA frames without a length.
+        let r = send(&client, h2get(&format!("{url}/chunked")), None, 0).await;
+        assert_eq!(r.text(), "hello world");
+        assert_eq!(r.header("transfer-encoding"), None);
+    });
+    // Recorded like HTTP/1.1 requests.
+    let total: u64 = gw
+        .metrics
+        .requests()
+        .iter()
+        .filter(|((d, code), _)| d.name == "web" && *code == 200)
+        .map(|(_, s)| s.count)
+        .sum();
+    assert_eq!(total, 11);
+    assert!(
+        gw.metrics
+            .h2_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // HTTP/1.1 on the same listener is unaffected.
+    assert_eq!(get(&gw, "/plain").status, 200);
+}
+
+#[test]
+fn h2_over_tls_with_alpn_and_http1_still_offered() {
+    let up = upstream();
+    let c = cluster("web", vec![up.addr]);
+    let tls_cert = cert("h2.example.com");
+    let cert2 = TestCert {
+        cert_pem: tls_cert.cert_pem.clone(),
+        key_pem: tls_cert.key_pem.clone(),
+        der: tls_cert.der.clone(),
+    };
+    let gw = Gateway::start(
+        move |port| {
+            with_tls(
+                snapshot(
+                    port,
+                    vec![prefix("/", rule(vec![backend(&c, 1)], vec![]))],
+                    vec![],
+                ),
+                port,
+                &cert2,
+            )
+        },
+        quick_options(),
+    );
+    let url = format!("https://h2.example.com:{}", gw.addr.port());
+    runtime().block_on(async {
+        let client = tls_h2_client(gw.addr, &tls_cert, &[b"h2", b"http/1.1"]).await;
+        let r = send(&client, h2get(&format!("{url}/secure")), None, 0).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            header_value(&r.text(), "x-forwarded-proto").as_deref(),
+            Some("https")
+        );
+        // Known length larger than the buffering limit: streamed with content-length.
+        let body = vec![b'z'; 2 * 1024 * 1024 + 17];
+        let post = Request::post(format!("{url}/upload"))
+            .header("content-length", body.len().to_string())
+            .body(())
+            .unwrap();
+        let r = send(&client, post, Some(&body), 64 * 1024).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            header_value(&r.text(), "content-length").as_deref(),
+            Some(&*body.len().to_string())
+        );
+        assert_eq!(r.header("x-body-sum"), Some(&*checksum(&body).to_string()));
+        let r = send(&client, h2get(&format!("{url}/big/5000000")), None, 0).await;
+        assert_eq!(r.body.len(), 5_000_000);
+
+        // A client offering only http/1.1 is served HTTP/1.1.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = tls_connect(gw.addr, &tls_cert, &[b"http/1.1"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        tls.write_all(b"GET /one HTTP/1.1\r\nhost: h2.example.com\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.unwrap_or_default();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    });
+}
+
+#[test]
+fn grpc_through_an_h2c_backend_streams_both_ways_with_trailers() {
+    let backend_addr = h2c_backend();
+    let gw = simple_gateway(&h2c_cluster("grpc", backend_addr));
+    let url = format!("http://grpc.test:{}", gw.addr.port());
+    runtime().block_on(async {
+        let client = h2c_client(gw.addr).await;
+        // Bidirectional: each message is echoed before the next is sent.
+        let req = Request::post(format!("{url}/echo.Echo/Chat"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, mut stream) = c.send_request(req, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"ping-1"), false)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-seen-te"], "trailers");
+        assert_eq!(
+            resp.headers()["x-seen-authority"],
+            format!("grpc.test:{}", gw.addr.port())
+        );
+        let mut body = resp.into_body();
+        let first = body.data().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"ping-1");
+        stream
+            .send_data(bytes::Bytes::from_static(b"ping-2"), false)
+            .unwrap();
+        let second = body.data().await.unwrap().unwrap();
+        assert_eq!(&second[..], b"ping-2");
+        let mut client_trailers = http::HeaderMap::new();
+        client_trailers.insert("x-client-trailer", "bye".parse().unwrap());
+        stream.send_trailers(client_trailers).unwrap();
+        assert!(body.data().await.is_none());
+        let trailers = body.trailers().await.unwrap().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-echo-bytes"], "12");
+        assert_eq!(trailers["x-client-trailer-seen"], "bye");
+
+        // Trailers-only error from the backend passes through as it is.
+        let req = Request::post(format!("{url}/fail"))
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let r = send(&client, req, Some(b"x"), 1).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("grpc-status"), Some("5"));
+        assert_eq!(r.header("grpc-message"), Some("not found here"));
+
+        // Many concurrent calls share the pooled upstream connection.
+        let mut calls = Vec::new();
+        for i in 0..20 {
+            let client = client.clone();
+            let url = url.clone();
+            calls.push(tokio::spawn(async move {
+                let payload = vec![b'a' + (i % 26) as u8; 100_000 + i];
+                let req = Request::post(format!("{url}/echo.Echo/Big"))
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap();
+                let r = send(&client, req, Some(&payload), 16 * 1024).await;
+                (r, payload)
+            }));
+        }
+        for call in calls {
+            let (r, payload) = call.await.unwrap();
+            assert_eq!(r.body, payload);
+            assert_eq!(r.trailers.unwrap()["grpc-status"], "0");
+        }
+    });
+    let ok: u64 = gw
+        .metrics
+        .requests()
+        .iter()
+        .filter(|((d, code), _)| d.name == "grpc" && *code == 200)
+        .map(|(_, s)| s.count)
+        .sum();
+    assert_eq!(ok, 22);
+}
+
+#[test]
+fn proxy_errors_on_grpc_requests_are_grpc_statuses() {
+    let up = upstream();
+    let slow = cluster("slow", vec![up.addr]);
+    let empty = cluster("empty", vec![]);
+    // A port nobody listens on: connection refused.
+    let dead_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead = h2c_cluster("dead", dead_addr);
+    let gw = Gateway::start(
+        move |port| {
+            let mut timed = rule(vec![backend(&slow, 1)], vec![]);
+            timed.timeouts = Timeouts {
+                request: Some(Duration::from_millis(200)),
+                ..Default::default()
+            };
+            snapshot(
+                port,
+                vec![
+                    prefix("/slow", timed),
+                    prefix("/empty", rule(vec![backend(&empty, 1)], vec![])),
+                    prefix("/dead", rule(vec![backend(&dead, 1)], vec![])),
+                ],
+                vec![],
+            )
+        },
+        quick_options(),
+    );
+    let url = format!("http://grpc.test:{}", gw.addr.port());
+    runtime().block_on(async {
+        let client = h2c_client(gw.addr).await;
+        let grpc = |path: &str| {
+            Request::post(format!("{url}{path}"))
+                .header("content-type", "application/grpc+proto")
+                .body(())
+                .unwrap()
+        };
+        for (path, code) in [
+            ("/nowhere", "12"),
+            ("/empty/x", "14"),
+            ("/dead/x", "14"),
+            ("/slow?delay=2000", "4"),
+        ] {
+            let r = send(&client, grpc(path), None, 0).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(
+                r.header("grpc-status"),
+                Some(code),
+                "{path}: {:?}",
+                r.headers
+            );
+            assert_eq!(r.header("content-type"), Some("application/grpc"));
+            assert!(r.header("grpc-message").is_some());
+            assert!(r.body.is_empty());
+        }
+        // The same errors without gRPC keep their HTTP status.
+        let r = send(&client, h2get(&format!("{url}/nowhere")), None, 0).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.text(), "no route\n");
+        let r = send(&client, h2get(&format!("{url}/slow?delay=2000")), None, 0).await;
+        assert_eq!(r.status, 504);
+    });
+}
+
+#[test]
+fn curl_speaks_http2_to_the_gateway() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl not installed: skipped");
+        return;
+    }
+    let up = upstream();
+    let gw = simple_gateway(&cluster("web", vec![up.addr]));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-v", "--http2-prior-knowledge", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{}/from-curl", gw.addr.port()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("< HTTP/2 200"), "{stderr}");
+    assert!(stdout.starts_with("GET /from-curl HTTP/1.1"), "{stdout}");
+}
