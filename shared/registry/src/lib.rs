@@ -2,6 +2,7 @@
 //! translation from configuration resources to it.
 
 pub mod l4;
+pub mod service_routes;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use l4::{HostMap, L4Backend, L4Listener, L4Route, L4Routes};
+pub use service_routes::{ServiceRoute, ServiceRoutes};
 pub use snapshot::*;
-pub use translate::{translate, translate_loaded, TranslateOptions};
+pub use translate::{translate, translate_loaded, translate_waypoint, TranslateOptions};
 
 /// Shared handle through which the control thread publishes snapshots and
 /// workers read them (`load()` per connection or request).

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub ports: BTreeMap<u16, Arc<PortConfig>>,
     /// Gateway API status conditions computed during translation.
     pub status: StatusReport,
+    /// Waypoint only: route tables by destination Service `VIP:port`.
+    pub services: crate::service_routes::ServiceRoutes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

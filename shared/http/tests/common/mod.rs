@@ -188,6 +188,7 @@ pub fn snapshot(
         version: 1,
         ports,
         status: Default::default(),
+        ..Default::default()
     }
 }
 

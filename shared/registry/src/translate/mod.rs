@@ -21,6 +21,7 @@ mod listeners;
 mod matches;
 mod precedence;
 mod routes;
+mod waypoint;
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,7 @@ use crate::tls::{PortTls, SniCertificates};
 use backends::{BackendResolver, GATEWAY_GROUP};
 use conditions::{condition, CONTROLLER_NAME};
 pub use duration::parse_duration;
+pub use waypoint::translate_waypoint;
 use hostnames::{intersect, HostKey};
 use listeners::{GatewayCtx, ListenerCtx};
 use precedence::precedence_key;
@@ -134,6 +136,7 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
             routes: route_statuses,
             config_errors: Vec::new(),
         },
+        ..Default::default()
     }
 }
 
