@@ -2,6 +2,8 @@
 //! Gateways. Only flags and composition live here; the work is in shared/.
 
 mod args;
+mod handler;
+mod l4;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -70,7 +72,9 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
     let snapshots = mesh_registry::new_handle(Snapshot::default());
     let metrics = Arc::new(mesh_http::HttpMetrics::new(workers));
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
-    runtime.add_metrics(metrics.clone());
+    // The HTTP engine's series with the TLS passthrough / TCP ones merged in.
+    let gateway_metrics = Arc::new(l4::metrics::GatewayMetrics::new(metrics.clone(), workers));
+    runtime.add_metrics(gateway_metrics.clone());
     runtime.set_log_control(log_control);
     // Watch first, then load: an edit made during the initial load is not missed.
     let reload_path = config.clone();
@@ -85,12 +89,19 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
     tracing::info!(config = %config.display(), version, "configuration loaded");
 
     let http_options = args.http_options();
-    runtime.run(move |worker| {
-        mesh_http::HttpHandler::new(
+    let l4_options = l4::L4Options::from_http(&http_options);
+    runtime.run(move |worker| handler::GatewayHandler {
+        http: std::rc::Rc::new(mesh_http::HttpHandler::new(
             snapshots.clone(),
             metrics.workers[worker].clone(),
             http_options.clone(),
-        )
+        )),
+        l4: std::rc::Rc::new(l4::L4Handler::new(
+            snapshots.clone(),
+            gateway_metrics.l4[worker].clone(),
+            l4_options.clone(),
+            worker,
+        )),
     })
 }
 

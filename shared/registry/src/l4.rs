@@ -162,10 +162,7 @@ mod tests {
     fn pick_follows_weights_and_skips_zero() {
         let r = route(&[1, 0, 3]);
         let picks: Vec<_> = (0..4).map(|n| reason(r.pick(n))).collect();
-        assert_eq!(
-            picks,
-            vec![Some("w1"), Some("w3"), Some("w3"), Some("w3")]
-        );
+        assert_eq!(picks, vec![Some("w1"), Some("w3"), Some("w3"), Some("w3")]);
         assert!(route(&[0, 0]).pick(7).is_none());
         assert!(route(&[]).pick(7).is_none());
     }

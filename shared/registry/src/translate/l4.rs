@@ -45,6 +45,9 @@ struct L4BackendRef<'a> {
     weight: Option<i32>,
 }
 
+/// (gateway index, listener index) → (route index, hostnames), oldest route first.
+type Attachments = HashMap<(usize, usize), Vec<(usize, Vec<HostKey>)>>;
+
 struct CompiledL4<'a> {
     meta: &'a Meta,
     key: ObjectRef,
@@ -71,10 +74,16 @@ pub fn translate_l4(
     route_statuses: &mut Vec<RouteStatus>,
 ) -> BTreeMap<u16, Arc<PortConfig>> {
     let routes = compile_all(resources, resolver);
-    // (gateway index, listener index) → (route index, hostnames), oldest route first.
-    let mut attachments: HashMap<(usize, usize), Vec<(usize, Vec<HostKey>)>> = HashMap::new();
+    let mut attachments = Attachments::new();
     for (ri, route) in routes.iter().enumerate() {
-        let parents = attach(ri, route, gateways, gateway_index, resources, &mut attachments);
+        let parents = attach(
+            ri,
+            route,
+            gateways,
+            gateway_index,
+            resources,
+            &mut attachments,
+        );
         if !parents.is_empty() {
             route_statuses.push(RouteStatus {
                 kind: route.route.kind.into(),
@@ -297,7 +306,9 @@ fn resolve(
     );
     let resolve_in = if target_ns == route_ns || !known || kind == "Hostname" {
         route_ns
-    } else if granted(resources, route_kind, route_ns, target_ns, group, kind, b.name) {
+    } else if granted(
+        resources, route_kind, route_ns, target_ns, group, kind, b.name,
+    ) {
         target_ns
     } else {
         return Err(RefProblem::NotPermitted(format!(
@@ -331,13 +342,15 @@ fn granted(
         .values()
         .filter(|g| g.meta.namespace == to_ns)
         .any(|g| {
-            g.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == route_kind && f.namespace == from_ns
-            }) && g.spec.to.iter().any(|t| {
-                t.group == group
-                    && t.kind == kind
-                    && t.name.as_deref().is_none_or(|n| n.is_empty() || n == name)
-            })
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == GATEWAY_GROUP && f.kind == route_kind && f.namespace == from_ns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == group
+                        && t.kind == kind
+                        && t.name.as_deref().is_none_or(|n| n.is_empty() || n == name)
+                })
         })
 }
 
@@ -349,7 +362,7 @@ fn attach(
     gateways: &mut [GatewayCtx<'_>],
     gateway_index: &HashMap<ObjectRef, usize>,
     resources: &Resources,
-    attachments: &mut HashMap<(usize, usize), Vec<(usize, Vec<HostKey>)>>,
+    attachments: &mut Attachments,
 ) -> Vec<RouteParentStatus> {
     let generation = route.meta.generation;
     let route_ns = route.key.namespace.as_str();

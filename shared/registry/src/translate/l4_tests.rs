@@ -237,7 +237,11 @@ fn routes_and_listeners_of_the_wrong_protocol_are_refused_with_reasons() {
     );
     y += "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: infra}\nspec:\n  parentRefs: [{name: gw, sectionName: tcp}]\n  rules: [{backendRefs: [{name: a, port: 8443}]}]\n";
     let snap = snapshot(&y);
-    for (kind, name) in [("TLSRoute", "on-http"), ("TCPRoute", "on-tls"), ("HTTPRoute", "web")] {
+    for (kind, name) in [
+        ("TLSRoute", "on-http"),
+        ("TCPRoute", "on-tls"),
+        ("HTTPRoute", "web"),
+    ] {
         assert_eq!(
             route_condition(&snap, kind, name, "Accepted"),
             ("False".into(), "NotAllowedByListeners".into()),

@@ -1,0 +1,26 @@
+//! The gateway's per-connection dispatcher: TLS passthrough and TCP ports go
+//! to the L4 proxy, HTTP and HTTPS ports to the HTTP engine. The port's
+//! protocol is read from the current snapshot when the connection arrives.
+
+use std::rc::Rc;
+
+use mesh_runtime::{Accepted, ConnectionHandler};
+
+use crate::l4::L4Handler;
+
+pub struct GatewayHandler {
+    pub http: Rc<mesh_http::HttpHandler>,
+    pub l4: Rc<L4Handler>,
+}
+
+impl ConnectionHandler for GatewayHandler {
+    fn handle(self: Rc<Self>, conn: Accepted) -> impl std::future::Future<Output = ()> + 'static {
+        async move {
+            if self.l4.serves(conn.port) {
+                self.l4.clone().handle(conn).await
+            } else {
+                self.http.clone().handle(conn).await
+            }
+        }
+    }
+}
