@@ -15,6 +15,7 @@ pub mod h2;
 pub mod io;
 mod local;
 pub mod metrics;
+pub mod policy;
 mod proxy;
 mod retry;
 pub mod route;
@@ -95,6 +96,8 @@ pub struct HttpHandler {
     pub(crate) rng: RefCell<SmallRng>,
     /// Round-robin position per cluster name.
     pub(crate) round_robin: RefCell<HashMap<String, usize>>,
+    /// Traffic policy state (balancers, outlier detection, pool limits, rate limits).
+    pub(crate) policy: policy::WorkerPolicy,
 }
 
 impl HttpHandler {
@@ -111,6 +114,7 @@ impl HttpHandler {
             options,
             rng: RefCell::new(SmallRng::from_os_rng()),
             round_robin: RefCell::new(HashMap::new()),
+            policy: Default::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::filters::{cors, headers as header_filter};
 use crate::io::{flush, ClientStream, Io};
 pub(crate) use crate::local::send_error;
 use crate::local::{answer, body_failure};
+use crate::policy::{self, deadline_or};
 use crate::retry::backoff;
 use crate::route::{self, routing_host};
 use crate::server::Client;
@@ -172,6 +173,13 @@ async fn forward<S: ClientStream>(
     plan: Plan<'_>,
     start: Instant,
 ) -> Outcome {
+    // Circuit breakers before anything is read or sent: overflow is a 503.
+    let admit_until = deadline_or(rule, start, h.options.connect_timeout);
+    let Ok(_admission) = h.policy.admit_http1(cluster, admit_until).await else {
+        let (status, headers, body) = policy::overflow_response();
+        let cl = Some(&**cluster);
+        return answer(h, c, &req, &reader, start, status, &headers, body, cl).await;
+    };
     if req.expect_continue {
         c.wbuf.clear();
         c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -255,6 +263,9 @@ async fn forward<S: ClientStream>(
     let retry: Option<&RetryPolicy> = rule.retry.as_ref().filter(|_| buffered.is_some());
     let max_tries = 1 + retry.map_or(0, |r| r.attempts);
     let mut tries = 0;
+    let mut sent = Instant::now();
+    let mut picked_cookie = None;
+    let mut _retry_permit = None;
     let result = {
         let mut stream_src = if buffered.is_none() {
             Some((&mut reader, &mut c.io))
@@ -263,10 +274,13 @@ async fn forward<S: ClientStream>(
         };
         loop {
             tries += 1;
-            let Some(addr) = pick::pick_endpoint(cluster, &h.round_robin) else {
+            let Some(picked) = pick::pick_for_request(h, cluster, &req, client_ip) else {
                 break Err(AttemptError::Connect);
             };
+            let addr = picked.addr;
+            picked_cookie = picked.set_cookie;
             let now = Instant::now();
+            sent = now;
             let try_deadline = match (per_try, deadline) {
                 (Some(p), Some(d)) => Some((now + p).min(d)),
                 (Some(p), None) => Some(now + p),
@@ -292,6 +306,8 @@ async fn forward<S: ClientStream>(
                     .unwrap_or(Err(AttemptError::Timeout)),
                 None => fut.await,
             };
+            h.policy
+                .report(cluster, addr, policy::attempt_result(&r), Instant::now());
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             let retriable = match &r {
                 Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
@@ -300,13 +316,18 @@ async fn forward<S: ClientStream>(
                 }
                 Err(_) => false,
             };
-            if !retriable || tries >= max_tries || expired {
+            let permitted = || h.policy.retry_permit(cluster).ok();
+            let permit = (retriable && tries < max_tries && !expired)
+                .then(permitted)
+                .flatten();
+            if permit.is_none() {
                 if expired && r.is_err() {
                     break Err(AttemptError::Timeout);
                 }
                 break r.map(|(io, resp)| (io, resp, addr));
             }
             drop(r);
+            _retry_permit = permit;
             let backoff = backoff(
                 retry.and_then(|p| p.backoff),
                 tries,
@@ -326,7 +347,7 @@ async fn forward<S: ClientStream>(
         b.clear();
         c.scratch = b;
     }
-    let (upstream, resp, addr) = match result {
+    let (upstream, mut resp, addr) = match result {
         Ok(r) => r,
         Err(AttemptError::Client(e)) => return body_failure(h, c, e, false).await,
         Err(e) => {
@@ -351,6 +372,7 @@ async fn forward<S: ClientStream>(
             .await;
         }
     };
+    policy::decorate_response(&mut resp.headers, sent, picked_cookie);
     respond(
         h, c, &req, &reader, upstream, resp, addr, &plan, cluster, start,
     )
@@ -459,7 +481,7 @@ async fn respond<S: ClientStream>(
         .record_request(status, Some(cluster), start.elapsed());
     match copied {
         Ok(()) => {
-            if resp.keep_alive && body.is_done() {
+            if resp.keep_alive && body.is_done() && h.policy.keep_connection(cluster, &up) {
                 h.pool.put(addr, up);
             }
             if keep {

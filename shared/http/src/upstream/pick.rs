@@ -31,6 +31,20 @@ pub fn pick_backend<'a, R: Rng>(rule: &'a RouteRule, rng: &mut R) -> Option<&'a 
     rule.backends.iter().rev().find(|b| b.weight > 0)
 }
 
+/// The endpoint for one attempt through the cluster's traffic policy (load
+/// balancer, hash key from the request, ejected endpoints skipped). Pair
+/// with `h.policy.report(..)` once the attempt is over.
+pub(crate) fn pick_for_request(
+    h: &crate::HttpHandler,
+    cluster: &std::sync::Arc<Cluster>,
+    req: &crate::codec::RequestHead,
+    client_ip: std::net::IpAddr,
+) -> Option<crate::policy::Picked> {
+    let now = std::time::Instant::now();
+    h.policy
+        .pick(cluster, &(req, client_ip), &mut *h.rng.borrow_mut(), now)
+}
+
 pub fn pick_endpoint(
     cluster: &Cluster,
     positions: &RefCell<HashMap<String, usize>>,
