@@ -7,6 +7,7 @@
 mod certs;
 mod checks;
 mod client;
+mod grpc;
 mod netns;
 mod procs;
 mod runner;
@@ -38,9 +39,10 @@ pub struct Args {
     /// Exit non-zero when passed/(passed+failed) is below this.
     #[arg(long, default_value_t = 0.9)]
     pub min_pass_rate: f64,
-    /// Features whose tests are skipped. Pseudo-features: HTTPS (https scheme, SNI or
-    /// HTTPS-listener cases) and H2C (h2c/gRPC scheme cases).
-    #[arg(long, value_delimiter = ',', default_value = "GRPCRoute,H2C")]
+    /// Features whose tests are skipped (none by default: a case the gateway cannot
+    /// serve fails). Pseudo-features: HTTPS (https scheme, SNI or HTTPS-listener cases)
+    /// and H2C (h2c/gRPC scheme cases).
+    #[arg(long, value_delimiter = ',')]
     pub skip_features: Vec<String>,
     /// Per-case give-up time for the eventual-consistency loop (Go duration syntax).
     #[arg(long, default_value = "10s")]
@@ -191,17 +193,18 @@ fn remove_stale_workdirs() {
     }
 }
 
-/// One echo process per replica of every HTTP service, shared by all tests.
+/// One echo process per replica of every service (HTTP or gRPC echo by the service's
+/// protocol), shared by all tests.
 fn start_echoes(self_exe: &Path, env: &Environment) -> anyhow::Result<Vec<EchoProcess>> {
     let mut echoes = Vec::new();
-    for (namespace, service, replicas) in setup::http_services(env) {
+    for (namespace, service, replicas, grpc) in setup::echo_services(env) {
         // Replicas of one Deployment share the ReplicaSet hash, like real pods.
         let rs_hash = &uuid::Uuid::new_v4().simple().to_string()[..9];
         for replica in 0..replicas {
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
             let pod = format!("{service}-{rs_hash}-{suffix}");
             echoes.push(
-                EchoProcess::start(self_exe, &namespace, &service, &pod)
+                EchoProcess::start(self_exe, &namespace, &service, &pod, grpc)
                     .with_context(|| format!("starting echo replica {replica} of {service}"))?,
             );
         }

@@ -73,11 +73,16 @@ impl EchoProcess {
         namespace: &str,
         service: &str,
         pod: &str,
+        grpc: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(bench_exe);
         command
             .args(["echo", "--port", "0", "--bind", "127.0.0.1"])
-            .args(["--name", service, "--namespace", namespace, "--pod", pod])
+            .args(["--name", service, "--namespace", namespace, "--pod", pod]);
+        if grpc {
+            command.arg("--grpc");
+        }
+        command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

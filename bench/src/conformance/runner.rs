@@ -77,6 +77,10 @@ fn eventually(
 pub fn run_case(case: &Case, target: &mut Target<'_>) -> Result<(), String> {
     let timeout = target.case_timeout;
     match case.kind.as_deref() {
+        None | Some("http") if case.request.grpc_method.is_some() => {
+            let port = target.port;
+            eventually(timeout, target.gateway, || probe_grpc(case, port))
+        }
         None | Some("http") => {
             let (port, scheme, echoes) = (target.port, target.scheme.clone(), target.echoes);
             let tls = target.tls.clone();
@@ -198,6 +202,26 @@ fn probe_http(
         }
     }
     Ok(())
+}
+
+fn probe_grpc(case: &Case, port: u16) -> Result<(), String> {
+    let method = case
+        .request
+        .grpc_method
+        .as_ref()
+        .map(super::grpc::method_path)
+        .transpose()?
+        .unwrap_or_default();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let metadata: Vec<(String, String)> = case
+        .request
+        .metadata
+        .iter()
+        .map(|(n, v)| (n.clone(), substitute(v, &uuid)))
+        .collect();
+    let host = case.request.host.as_ref().map(|h| substitute(h, &uuid));
+    let reply = super::grpc::call(port, host.as_deref(), &method, &metadata, PROBE_TIMEOUT)?;
+    super::grpc::check(case, &reply).map_err(|e| format!("{method}: {e}"))
 }
 
 /// Appends what the echo backends logged for this probe's uuid (retry attempts that

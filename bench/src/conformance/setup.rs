@@ -13,22 +13,32 @@ use super::vectors::{Environment, TestFile};
 
 pub const GATEWAY_CLASS: &str = "ringmesh";
 
-/// Services of the environment that an HTTP echo backend serves (gRPC ones are skipped:
-/// there is no gRPC echo server yet).
-pub fn http_services(env: &Environment) -> Vec<(String, String, usize)> {
+/// Services of the environment as (namespace, name, replicas, gRPC echo?): services with
+/// a gRPC protocol (`grpc-h2c`) run the gRPC echo, the others the HTTP echo.
+pub fn echo_services(env: &Environment) -> Vec<(String, String, usize, bool)> {
     env.services
         .iter()
-        .filter(|(_, spec)| spec.protocol.is_none())
         .filter_map(|(key, spec)| {
             let (ns, name) = key.split_once('/')?;
             Some((
                 ns.to_string(),
                 name.to_string(),
                 spec.replicas.unwrap_or(1).max(1),
+                is_grpc(spec),
             ))
         })
         .collect()
 }
+
+fn is_grpc(spec: &super::vectors::ServiceSpec) -> bool {
+    spec.protocol
+        .as_deref()
+        .is_some_and(|p| p.to_ascii_lowercase().contains("grpc"))
+}
+
+/// The appProtocol the upstream conformance manifests (conformance/base/manifests.yaml)
+/// declare on the gRPC backends' Service port: cleartext HTTP/2 with prior knowledge.
+pub const GRPC_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
 /// Base gateways. HTTPS listeners without `tls` get the test certificate's Secret
 /// (`_environment.yaml`: all of them use it).
@@ -127,9 +137,7 @@ pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
         }));
     }
     for (key, spec) in &env.services {
-        if spec.protocol.is_some() {
-            continue;
-        }
+        let app_protocol = is_grpc(spec).then_some(GRPC_APP_PROTOCOL);
         let Some((ns, name)) = key.split_once('/') else {
             continue;
         };
@@ -140,6 +148,9 @@ pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
                 let mut port = json!({"port": p.port, "protocol": "TCP"});
                 if let Some(n) = &p.name {
                     port["name"] = json!(n);
+                }
+                if let Some(app) = app_protocol {
+                    port["appProtocol"] = json!(app);
                 }
                 if let Some(target) = &p.target_port {
                     if let Ok(target) = serde_json::to_value(target) {
@@ -167,6 +178,10 @@ pub fn base_documents(env: &Environment, echoes: &[EchoProcess]) -> Vec<Json> {
                     let mut port = json!({"port": echo.port, "protocol": "TCP"});
                     if let Some(n) = &p.name {
                         port["name"] = json!(n);
+                    }
+                    // The EndpointSlice controller copies the Service port's appProtocol.
+                    if let Some(app) = app_protocol {
+                        port["appProtocol"] = json!(app);
                     }
                     port
                 })

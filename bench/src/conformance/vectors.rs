@@ -73,7 +73,10 @@ pub struct Request {
     #[serde(deserialize_with = "ordered_pairs")]
     pub headers: Vec<(String, String)>,
     pub sni: Option<String>,
+    /// gRPC cases: `/service/method` (or `{service, method}`) and the call's metadata.
     pub grpc_method: Option<Value>,
+    #[serde(deserialize_with = "ordered_pairs")]
+    pub metadata: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
@@ -91,6 +94,8 @@ pub struct Expect {
     pub redirect: Option<Redirect>,
     pub answered_by_gateway: bool,
     pub mirrored_to: Vec<Mirror>,
+    /// gRPC cases: the expected status code name (`OK`, `UNIMPLEMENTED`).
+    pub grpc_status: Option<String>,
     // kind: distribution
     pub backend_fractions: BTreeMap<String, f64>,
     pub backends_receiving_traffic: Option<usize>,

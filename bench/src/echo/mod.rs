@@ -5,7 +5,9 @@
 //! `Echoing back request made to <RequestURI> to client (<remote>)` line per echoed request.
 
 mod duration;
+mod grpc;
 mod handler;
+pub mod proto;
 mod server;
 mod wire;
 
@@ -42,6 +44,9 @@ pub struct Args {
     /// Do not print the per-request log line.
     #[arg(long)]
     pub quiet: bool,
+    /// Serve the conformance gRPC echo service (h2c prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    pub grpc: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,6 +56,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| generated_pod_name(&args.name));
     let first = server::bind_reuseport(SocketAddr::new(args.bind, args.port))?;
     let local = first.local_addr()?;
+    if args.grpc {
+        print_listening(local, &pod)?;
+        let identity = Arc::new(grpc::GrpcIdentity {
+            namespace: args.namespace.clone(),
+            service: args.name.clone(),
+            pod,
+            log_requests: !args.quiet,
+        });
+        return grpc::serve(first, identity);
+    }
     let shared = Arc::new(server::Shared {
         identity: handler::Identity {
             namespace: args.namespace.clone(),
@@ -66,12 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for _ in 1..args.workers.max(1) {
         listeners.push(server::bind_reuseport(local)?);
     }
-    {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "echo listening on {local} pod {pod}")?;
-        stdout.flush()?;
-    }
+    print_listening(local, &pod)?;
     let mut threads = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -88,6 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first stdout line, which process supervisors parse for the address.
+fn print_listening(local: SocketAddr, pod: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "echo listening on {local} pod {pod}")?;
+    stdout.flush()
 }
 
 /// `name-<rs-hash>-<suffix>` with Kubernetes' safe alphabet, stable for this process.
