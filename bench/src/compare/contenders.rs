@@ -2,9 +2,10 @@
 //! with a fair, tuned configuration generated into a temp dir.
 
 use super::procs::{free_port, pinned_command, wait_ready, Proc};
+use super::tls_setup::TlsFiles;
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -40,10 +41,13 @@ pub struct Contender {
     pub proc: Option<Proc>,
 }
 
-impl Contender {
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
+/// TLS termination for the gateway-https / gateway-h2 scenarios.
+pub struct TlsListener<'a> {
+    pub files: &'a TlsFiles,
+    /// Offer ALPN h2 (and require the contender to speak HTTP/2).
+    pub h2: bool,
+    /// For the readiness check (`bench load` over TLS).
+    pub bench_bin: &'a Path,
 }
 
 pub struct StartContext<'a> {
@@ -51,9 +55,14 @@ pub struct StartContext<'a> {
     pub backend: SocketAddr,
     pub proxy_cpu: usize,
     pub gateway_bin: &'a Path,
+    /// Terminate TLS on the listener (None: plain HTTP/1.1).
+    pub tls: Option<TlsListener<'a>>,
 }
 
 pub fn start(kind: Kind, cx: &StartContext<'_>) -> anyhow::Result<Contender> {
+    if kind == Kind::Direct && cx.tls.is_some() {
+        anyhow::bail!("the backend speaks plain HTTP/1.1 only, so there is no direct TLS baseline");
+    }
     if kind == Kind::Direct {
         return Ok(Contender {
             kind,
@@ -68,7 +77,19 @@ pub fn start(kind: Kind, cx: &StartContext<'_>) -> anyhow::Result<Contender> {
     let mut cmd = match kind {
         Kind::Direct => unreachable!("handled above"),
         Kind::Ringmesh => {
-            write_gateway_config(&dir, port, cx.backend)?;
+            match &cx.tls {
+                None => write_gateway_config(&dir, port, cx.backend)?,
+                Some(tls) => {
+                    std::fs::write(
+                        dir.join("bench.yaml"),
+                        gateway_https_yaml(port, cx.backend, GATEWAY_CERT_SECRET),
+                    )?;
+                    std::fs::write(
+                        dir.join("cert.yaml"),
+                        tls.files.secret_yaml(GATEWAY_CERT_SECRET),
+                    )?;
+                }
+            }
             let mut c = pinned_command(cx.proxy_cpu, &cx.gateway_bin.to_string_lossy());
             c.args(["--workers", "1", "--config"]).arg(&dir);
             for flag in ["--admin-addr", "--metrics-addr", "--ready-addr"] {
@@ -78,13 +99,27 @@ pub fn start(kind: Kind, cx: &StartContext<'_>) -> anyhow::Result<Contender> {
             c
         }
         Kind::Nginx => {
-            let conf = write_nginx_config(&dir, port, cx.backend)?;
+            let conf = dir.join("nginx.conf");
+            let tls = cx.tls.as_ref().map(|t| NginxTls {
+                cert: &t.files.cert_file,
+                key: &t.files.key_file,
+                h2: t.h2,
+            });
+            std::fs::write(&conf, nginx_conf_with(&dir, port, cx.backend, tls.as_ref()))?;
             let mut c = pinned_command(cx.proxy_cpu, "nginx");
             c.arg("-p").arg(&dir).arg("-c").arg(conf);
             c
         }
         Kind::Haproxy => {
-            let conf = write_haproxy_config(&dir, port, cx.backend)?;
+            let conf = dir.join("haproxy.cfg");
+            let bind_tls = cx
+                .tls
+                .as_ref()
+                .map(|t| haproxy_bind_tls(&t.files.combined_file, t.h2));
+            std::fs::write(
+                &conf,
+                haproxy_cfg_with(port, cx.backend, bind_tls.as_deref().unwrap_or("")),
+            )?;
             let mut c = pinned_command(cx.proxy_cpu, "haproxy");
             c.arg("-db").arg("-f").arg(conf);
             c
@@ -94,8 +129,17 @@ pub fn start(kind: Kind, cx: &StartContext<'_>) -> anyhow::Result<Contender> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut proc = Proc::spawn(kind.name(), cmd)?;
-    wait_ready(&mut proc, addr, "/", Duration::from_secs(15))
-        .with_context(|| format!("starting {}", kind.name()))?;
+    match &cx.tls {
+        None => wait_ready(&mut proc, addr, "/", Duration::from_secs(15)),
+        Some(t) => super::tls_setup::wait_ready(
+            &mut proc,
+            t.bench_bin,
+            addr,
+            t.h2,
+            Duration::from_secs(15),
+        ),
+    }
+    .with_context(|| format!("starting {}", kind.name()))?;
     Ok(Contender {
         kind,
         addr,
@@ -164,6 +208,21 @@ endpoints:
     )
 }
 
+/// The Secret the HTTPS listener's certificateRefs name.
+pub const GATEWAY_CERT_SECRET: &str = "bench-cert";
+
+/// As `gateway_yaml`, with an HTTPS listener terminating TLS with the
+/// certificate in Secret `secret` (no hostname: it serves every SNI).
+pub fn gateway_https_yaml(port: u16, backend: SocketAddr, secret: &str) -> String {
+    gateway_yaml(port, backend).replacen(
+        &format!("    port: {port}\n    protocol: HTTP\n"),
+        &format!(
+            "    port: {port}\n    protocol: HTTPS\n    tls:\n      mode: Terminate\n      certificateRefs:\n      - kind: Secret\n        name: {secret}\n"
+        ),
+        1,
+    )
+}
+
 fn write_gateway_config(dir: &Path, port: u16, backend: SocketAddr) -> anyhow::Result<()> {
     std::fs::write(dir.join("bench.yaml"), gateway_yaml(port, backend))?;
     Ok(())
@@ -172,8 +231,39 @@ fn write_gateway_config(dir: &Path, port: u16, backend: SocketAddr) -> anyhow::R
 /// nginx tuned the way a careful operator would for a keep-alive HTTP/1.1
 /// reverse proxy: one worker, upstream keepalive pool, no access log, no
 /// buffering to disk, its own prefix so the system config is untouched.
+#[cfg(test)]
 pub fn nginx_conf(dir: &Path, port: u16, backend: SocketAddr) -> String {
+    nginx_conf_with(dir, port, backend, None)
+}
+
+/// TLS on nginx's listener.
+pub struct NginxTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub h2: bool,
+}
+
+/// `nginx_conf`, terminating TLS (and HTTP/2 with ALPN h2) when `tls` is given.
+/// The `listen ... ssl http2` spelling works on nginx 1.22 (Debian 12) and,
+/// with a deprecation warning, on later versions.
+pub fn nginx_conf_with(
+    dir: &Path,
+    port: u16,
+    backend: SocketAddr,
+    tls: Option<&NginxTls<'_>>,
+) -> String {
     let d = dir.display();
+    let (listen_tls, tls_lines) = match tls {
+        None => (String::new(), String::new()),
+        Some(t) => (
+            if t.h2 { " ssl http2".to_string() } else { " ssl".to_string() },
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n",
+                t.cert.display(),
+                t.key.display()
+            ),
+        ),
+    };
     format!(
         r#"daemon off;
 master_process on;
@@ -200,8 +290,8 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
-        location / {{
+        listen 127.0.0.1:{port}{listen_tls} reuseport backlog=4096;
+{tls_lines}        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -215,14 +305,23 @@ http {{
     )
 }
 
-fn write_nginx_config(dir: &Path, port: u16, backend: SocketAddr) -> anyhow::Result<PathBuf> {
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, nginx_conf(dir, port, backend))?;
-    Ok(path)
+/// HAProxy: one thread, server-side connection reuse always, keep-alive.
+#[cfg(test)]
+pub fn haproxy_cfg(port: u16, backend: SocketAddr) -> String {
+    haproxy_cfg_with(port, backend, "")
 }
 
-/// HAProxy: one thread, server-side connection reuse always, keep-alive.
-pub fn haproxy_cfg(port: u16, backend: SocketAddr) -> String {
+/// The `bind` suffix terminating TLS with the combined cert+key file.
+pub fn haproxy_bind_tls(combined_pem: &Path, h2: bool) -> String {
+    format!(
+        " ssl crt {} alpn {}",
+        combined_pem.display(),
+        if h2 { "h2,http/1.1" } else { "http/1.1" }
+    )
+}
+
+/// `haproxy_cfg` with `bind_suffix` appended to the frontend's bind line.
+pub fn haproxy_cfg_with(port: u16, backend: SocketAddr, bind_suffix: &str) -> String {
     format!(
         r#"global
     nbthread 1
@@ -237,18 +336,12 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
 frontend bench
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{bind_suffix}
     default_backend echo
 backend echo
     server echo1 {backend} maxconn 1000
 "#
     )
-}
-
-fn write_haproxy_config(dir: &Path, port: u16, backend: SocketAddr) -> anyhow::Result<PathBuf> {
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, haproxy_cfg(port, backend))?;
-    Ok(path)
 }
 
 #[cfg(test)]
@@ -290,5 +383,56 @@ mod tests {
         ] {
             assert!(h.contains(must), "{must}");
         }
+    }
+
+    #[test]
+    fn tls_configs_share_the_certificate_and_offer_h2_only_when_asked() {
+        let b: SocketAddr = "127.0.0.1:3456".parse().unwrap();
+        let (cert, key) = (Path::new("/c/bench.crt"), Path::new("/c/bench.key"));
+        let n = nginx_conf_with(
+            Path::new("/tmp/x"),
+            9443,
+            b,
+            Some(&NginxTls {
+                cert,
+                key,
+                h2: false,
+            }),
+        );
+        assert!(n.contains("listen 127.0.0.1:9443 ssl reuseport"), "{n}");
+        assert!(
+            n.contains("ssl_certificate /c/bench.crt;")
+                && n.contains("ssl_certificate_key /c/bench.key;")
+        );
+        let n2 = nginx_conf_with(
+            Path::new("/tmp/x"),
+            9443,
+            b,
+            Some(&NginxTls {
+                cert,
+                key,
+                h2: true,
+            }),
+        );
+        assert!(
+            n2.contains("listen 127.0.0.1:9443 ssl http2 reuseport"),
+            "{n2}"
+        );
+        assert!(!nginx_conf(Path::new("/tmp/x"), 9000, b).contains("ssl"));
+        let h = haproxy_cfg_with(9443, b, &haproxy_bind_tls(Path::new("/c/bench.pem"), true));
+        assert!(
+            h.contains("bind 127.0.0.1:9443 ssl crt /c/bench.pem alpn h2,http/1.1"),
+            "{h}"
+        );
+
+        let y = gateway_https_yaml(9443, b, "bench-cert");
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&y)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let listener = &docs[0]["spec"]["listeners"][0];
+        assert_eq!(listener["protocol"], "HTTPS");
+        assert_eq!(listener["port"], 9443);
+        assert_eq!(listener["tls"]["mode"], "Terminate");
+        assert_eq!(listener["tls"]["certificateRefs"][0]["name"], "bench-cert");
     }
 }

@@ -16,8 +16,33 @@ pub fn run_bench_load(
     qps: Option<f64>,
     json_path: &Path,
 ) -> anyhow::Result<LoadResult> {
+    run_bench_load_with(
+        bench_bin,
+        cpu,
+        url,
+        connections,
+        duration,
+        qps,
+        &[],
+        json_path,
+    )
+}
+
+/// `run_bench_load` with extra `bench load` arguments (TLS, HTTP/2).
+#[allow(clippy::too_many_arguments)]
+pub fn run_bench_load_with(
+    bench_bin: &Path,
+    cpu: usize,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    qps: Option<f64>,
+    extra: &[String],
+    json_path: &Path,
+) -> anyhow::Result<LoadResult> {
     let out = pinned_command(cpu, &bench_bin.to_string_lossy())
         .args(["load", "-t1", "-q", "--no-progress"])
+        .args(extra)
         .arg(format!("--qps={}", qps.unwrap_or(0.0)))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}ms", duration.as_millis()))

@@ -16,6 +16,7 @@ mod procs;
 mod report;
 mod selfcheck;
 mod svg;
+mod tls_setup;
 mod tools;
 mod wrk;
 
@@ -34,6 +35,12 @@ use wrk::LoadResult;
 pub enum Scenario {
     /// ringmesh gateway vs nginx vs HAProxy vs direct, HTTP/1.1 keep-alive.
     GatewayHttp,
+    /// ringmesh gateway vs nginx vs HAProxy terminating TLS (same certificate),
+    /// HTTP/1.1: keep-alive and a new TLS connection per request (`bench load`).
+    GatewayHttps,
+    /// ringmesh gateway vs nginx vs HAProxy, HTTP/2 over TLS (ALPN h2): h2load
+    /// and `bench load --h2`.
+    GatewayH2,
     /// The load generator itself vs wrk against the backend directly (max rate
     /// ratio) plus open-loop rate accuracy.
     Loadgen,
@@ -65,9 +72,13 @@ pub struct Args {
     /// Connections of the load generator.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Load generator.
+    /// Load generator (gateway-http; gateway-h2: `wrk` means h2load, `both`
+    /// runs h2load and `bench load --h2`; gateway-https always uses bench load).
     #[arg(long, value_enum, default_value = "wrk")]
     pub tool: Tool,
+    /// gateway-h2: concurrent streams per connection (h2load -m).
+    #[arg(long, default_value_t = 16)]
+    pub streams: usize,
     /// Contenders, in order (comma separated).
     #[arg(
         long,
@@ -101,7 +112,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario {
-        Scenario::GatewayHttp => gateway_http(&args),
+        Scenario::GatewayHttp => proxy_scenario(&args, Proto::Http),
+        Scenario::GatewayHttps => proxy_scenario(&args, Proto::Https),
+        Scenario::GatewayH2 => proxy_scenario(&args, Proto::H2),
         Scenario::Loadgen => selfcheck::loadgen(&args),
         Scenario::HboneBulk => hbone::run(&args, hbone::Measure::Bulk),
         Scenario::HboneConnrate => hbone::run(&args, hbone::Measure::Connrate),
@@ -155,20 +168,80 @@ fn start_backend(
     Ok((p, addr))
 }
 
+/// The proxy scenarios: what is on the wire between load generator and proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// gateway-http: HTTP/1.1 over TCP.
+    Http,
+    /// gateway-https: HTTP/1.1 over TLS.
+    Https,
+    /// gateway-h2: HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
+impl Proto {
+    fn scenario(self) -> &'static str {
+        match self {
+            Proto::Http => "gateway-http",
+            Proto::Https => "gateway-https",
+            Proto::H2 => "gateway-h2",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Proto::Http => "gateway-http: HTTP/1.1 proxy, one worker",
+            Proto::Https => "gateway-https: TLS termination + HTTP/1.1 proxy, one worker",
+            Proto::H2 => "gateway-h2: HTTP/2 over TLS (ALPN h2) to the proxy, one worker",
+        }
+    }
+
+    /// The load variants (each a "tool" column of the report).
+    fn loads(self, tool: Tool) -> Vec<String> {
+        match self {
+            Proto::Http => tool_names(tool),
+            Proto::Https => vec![
+                tls_setup::TlsLoad::KeepAlive.name().into(),
+                tls_setup::TlsLoad::NewConn.name().into(),
+            ],
+            Proto::H2 => match tool {
+                Tool::Wrk => vec![tls_setup::TlsLoad::H2load.name().into()],
+                Tool::Bench => vec![tls_setup::TlsLoad::BenchH2.name().into()],
+                Tool::Both => vec![
+                    tls_setup::TlsLoad::H2load.name().into(),
+                    tls_setup::TlsLoad::BenchH2.name().into(),
+                ],
+            },
+        }
+    }
+}
+
 fn one_run(
     tool: &str,
     bench_bin: &Path,
     args: &Args,
-    url: &str,
+    addr: SocketAddr,
     duration: Duration,
     json_tmp: &Path,
 ) -> anyhow::Result<LoadResult> {
+    let url = format!("http://{addr}/");
+    if let Some(load) = tls_setup::TlsLoad::from_name(tool) {
+        let settings = tls_setup::LoadSettings {
+            bench_bin,
+            cpu: args.load_cpu,
+            connections: args.connections,
+            streams: args.streams,
+            duration,
+            json_tmp,
+        };
+        return tls_setup::run(load, &settings, addr);
+    }
     match tool {
-        "wrk" => wrk::run_wrk(args.load_cpu, url, args.connections, duration),
+        "wrk" => wrk::run_wrk(args.load_cpu, &url, args.connections, duration),
         _ => loadrun::run_bench_load(
             bench_bin,
             args.load_cpu,
-            url,
+            &url,
             args.connections,
             duration,
             None,
@@ -177,16 +250,20 @@ fn one_run(
     }
 }
 
-/// The SVG of a gateway-http report.
+/// The SVG of a proxy scenario's report.
 fn plot(report: &report::Report) -> String {
     let at = report
         .started_at
         .get(..16)
         .unwrap_or(&report.started_at)
         .replace('T', " ");
+    let streams = match report.settings.get("streams") {
+        Some(m) => format!(" x {m} streams"),
+        None => String::new(),
+    };
     let subtitle = vec![
         format!(
-            "{} rounds x {}s per contender, {} connections, medians; {at} UTC on {} ({} CPUs)",
+            "{} rounds x {}s per contender, {} connections{streams}, medians; {at} UTC on {} ({} CPUs)",
             report.settings["rounds"],
             report.settings["duration_s"],
             report.settings["connections"],
@@ -195,24 +272,29 @@ fn plot(report: &report::Report) -> String {
         ),
         report.placement.clone(),
     ];
-    svg::render(
-        "gateway-http: HTTP/1.1 proxy, one worker",
-        &subtitle,
-        &report.summary,
-    )
+    let title = match report.scenario.as_str() {
+        "gateway-https" => Proto::Https.title(),
+        "gateway-h2" => Proto::H2.title(),
+        _ => Proto::Http.title(),
+    };
+    svg::render(title, &subtitle, &report.summary)
 }
 
-fn gateway_http(args: &Args) -> anyhow::Result<()> {
+fn proxy_scenario(args: &Args, proto: Proto) -> anyhow::Result<()> {
+    let name = proto.scenario();
     if args.plot_only {
-        let json_path = args.out_dir.join("gateway-http.json");
+        let json_path = args.out_dir.join(format!("{name}.json"));
         let text = std::fs::read_to_string(&json_path)
             .with_context(|| format!("reading {}", json_path.display()))?;
         let report: report::Report = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", json_path.display()))?;
-        let svg_path = args.out_dir.join("gateway-http.svg");
+        let svg_path = args.out_dir.join(format!("{name}.svg"));
         std::fs::write(&svg_path, plot(&report))?;
         eprintln!("wrote {}", svg_path.display());
         return Ok(());
+    }
+    if proto == Proto::H2 && args.streams == 0 {
+        bail!("--streams must be at least 1");
     }
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -229,11 +311,14 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
             args.proxy_cpu
         );
     }
-    let tools = tool_names(args.tool);
+    let tools = proto.loads(args.tool);
     if !args.no_install {
         let mut needed = vec![];
         if tools.iter().any(|t| t == "wrk") {
             needed.push(("wrk", "wrk"));
+        }
+        if tools.iter().any(|t| t == "h2load") {
+            needed.push(("h2load", "nghttp2-client"));
         }
         if args.contenders.contains(&Kind::Nginx) {
             needed.push(("nginx", "nginx"));
@@ -258,11 +343,20 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
         args.response_size, args.load_cpu
     );
 
+    let tls_files = match proto {
+        Proto::Http => None,
+        Proto::Https | Proto::H2 => Some(tls_setup::TlsFiles::generate(&work_dir.join("tls"))?),
+    };
     let cx = contenders::StartContext {
         work_dir: &work_dir,
         backend: backend_addr,
         proxy_cpu: args.proxy_cpu,
         gateway_bin: &gateway_bin,
+        tls: tls_files.as_ref().map(|files| contenders::TlsListener {
+            files,
+            h2: proto == Proto::H2,
+            bench_bin: &bench_bin,
+        }),
     };
     let mut running: Vec<Contender> = Vec::new();
     let mut skipped = Vec::new();
@@ -278,7 +372,7 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
         }
         match contenders::start(*kind, &cx) {
             Ok(c) => {
-                eprintln!("{}: {}", kind.name(), c.url());
+                eprintln!("{}: {}", kind.name(), c.addr);
                 running.push(c);
             }
             Err(e) => {
@@ -300,7 +394,7 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
                 tool,
                 &bench_bin,
                 args,
-                &c.url(),
+                c.addr,
                 Duration::from_secs(2),
                 &json_tmp,
             )
@@ -320,7 +414,7 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
             for tool in &tools {
                 let proxy_before = c.proc.as_ref().map(|p| p.cpu_seconds());
                 let backend_before = backend.cpu_seconds();
-                let load = one_run(tool, &bench_bin, args, &c.url(), args.duration, &json_tmp)
+                let load = one_run(tool, &bench_bin, args, c.addr, args.duration, &json_tmp)
                     .with_context(|| format!("round {} on {}", round + 1, c.kind.name()))?;
                 let proxy_cpu = c
                     .proc
@@ -367,26 +461,51 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
     let summary = report::summarize(&runs, &names, &tools, "nginx");
     let table = report::table(&summary, "nginx");
     println!("\n{table}");
+    let generator = match proto {
+        Proto::Http => tools.join("+"),
+        Proto::Https => "bench load -k: keep-alive, and --new-conn".into(),
+        Proto::H2 => tools
+            .iter()
+            .map(|t| {
+                if t == "h2load" {
+                    "h2load -t1"
+                } else {
+                    "bench load --h2"
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("+"),
+    };
     let placement = format!(
-        "proxy (one worker) pinned to CPU {}; load generator ({}) and backend (bench echo, 1 worker, {}-byte body) pinned to CPU {}",
+        "proxy (one worker) pinned to CPU {}; load generator ({generator}) and backend (bench echo, 1 worker, {}-byte body) pinned to CPU {}",
         args.proxy_cpu,
-        tools.join("+"),
         args.response_size,
         args.load_cpu
     );
     let machine = report::Machine::detect();
+    let mut settings = serde_json::json!({
+        "rounds": args.rounds,
+        "duration_s": args.duration.as_secs_f64(),
+        "connections": args.connections,
+        "load_threads": 1,
+        "tools": tools,
+        "response_size": args.response_size,
+        "baseline": "nginx",
+    });
+    if proto == Proto::H2 {
+        settings["streams"] = args.streams.into();
+    }
+    if proto != Proto::Http {
+        settings["tls"] = serde_json::json!({
+            "certificate": "ECDSA P-256, self-signed, the same file for every contender",
+            "server_name": tls_setup::SERVER_NAME,
+            "client": "rustls (bench load) / OpenSSL (h2load), no session resumption in bench load",
+        });
+    }
     let report = report::Report {
-        scenario: "gateway-http".into(),
+        scenario: name.into(),
         started_at: started_at.clone(),
-        settings: serde_json::json!({
-            "rounds": args.rounds,
-            "duration_s": args.duration.as_secs_f64(),
-            "connections": args.connections,
-            "load_threads": 1,
-            "tools": tools,
-            "response_size": args.response_size,
-            "baseline": "nginx",
-        }),
+        settings,
         placement: placement.clone(),
         skipped,
         summary,
@@ -394,9 +513,9 @@ fn gateway_http(args: &Args) -> anyhow::Result<()> {
         machine,
     };
     std::fs::create_dir_all(&args.out_dir)?;
-    let json_path = args.out_dir.join("gateway-http.json");
+    let json_path = args.out_dir.join(format!("{name}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
-    let svg_path = args.out_dir.join("gateway-http.svg");
+    let svg_path = args.out_dir.join(format!("{name}.svg"));
     std::fs::write(&svg_path, plot(&report))?;
     eprintln!("wrote {} and {}", json_path.display(), svg_path.display());
     drop(running);
