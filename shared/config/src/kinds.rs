@@ -78,6 +78,8 @@ pub struct Resources {
     pub pods: BTreeMap<Key, Object<Pod>>,
     pub authorization_policies: BTreeMap<Key, Object<AuthorizationPolicySpec>>,
     pub peer_authentications: BTreeMap<Key, Object<PeerAuthenticationSpec>>,
+    /// Istio DestinationRule (networking.istio.io v1/v1beta1/v1alpha3).
+    pub destination_rules: BTreeMap<Key, Object<crate::DestinationRuleSpec>>,
 }
 
 impl Resources {
@@ -98,6 +100,7 @@ impl Resources {
             + self.pods.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
+            + self.destination_rules.len()
     }
 
     pub fn is_empty(&self) -> bool {

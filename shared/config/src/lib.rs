@@ -3,6 +3,7 @@
 //! `load_path` reads a file or folder; each document becomes a typed object in
 //! `Resources`, or a `ConfigError` naming the file, the object and the field.
 
+mod destination_rule;
 mod errors;
 mod grpc_route;
 mod kinds;
@@ -10,6 +11,7 @@ mod l4_routes;
 mod load;
 mod security;
 
+pub use destination_rule::*;
 pub use errors::ConfigError;
 pub use grpc_route::GrpcRouteSpec;
 pub use kinds::*;

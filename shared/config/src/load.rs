@@ -158,6 +158,7 @@ enum KnownKind {
     Pod,
     AuthorizationPolicy,
     PeerAuthentication,
+    DestinationRule,
 }
 
 impl KnownKind {
@@ -182,6 +183,7 @@ impl KnownKind {
             ("", "Pod") => KnownKind::Pod,
             ("security.istio.io", "AuthorizationPolicy") => KnownKind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => KnownKind::PeerAuthentication,
+            ("networking.istio.io", "DestinationRule") => KnownKind::DestinationRule,
             _ => return None,
         };
         let version_ok = match known {
@@ -199,7 +201,9 @@ impl KnownKind {
             KnownKind::EndpointSlice => version == "v1",
             KnownKind::TlsRoute => crate::l4_routes::tls_route_version(version),
             KnownKind::TcpRoute => crate::l4_routes::tcp_route_version(version),
-            KnownKind::ServiceEntry => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
+            KnownKind::ServiceEntry | KnownKind::DestinationRule => {
+                matches!(version, "v1" | "v1beta1" | "v1alpha3")
+            }
         };
         version_ok.then_some(known)
     }
@@ -221,6 +225,7 @@ impl KnownKind {
             KnownKind::Pod => "Pod",
             KnownKind::AuthorizationPolicy => "AuthorizationPolicy",
             KnownKind::PeerAuthentication => "PeerAuthentication",
+            KnownKind::DestinationRule => "DestinationRule",
         }
     }
 
@@ -471,6 +476,13 @@ impl Loader {
                     .map(|s| insert(&mut self.resources.authorization_policies, &meta, s)),
                 KnownKind::PeerAuthentication => typed::<PeerAuthenticationSpec>(spec, "spec")
                     .map(|s| insert(&mut self.resources.peer_authentications, &meta, s)),
+                KnownKind::DestinationRule => typed::<crate::DestinationRuleSpec>(spec, "spec")
+                    .and_then(|s| {
+                        crate::validate_destination_rule(&s)
+                            .map(|()| s)
+                            .map_err(|(field, message)| FieldError::at(field, message))
+                    })
+                    .map(|s| insert(&mut self.resources.destination_rules, &meta, s)),
             };
         match result {
             Err(e) => self.error(file, Some(object_name), e),
