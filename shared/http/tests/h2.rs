@@ -58,6 +58,7 @@ fn h2c_prior_knowledge_reaches_an_http1_backend_with_streamed_bodies() {
             Some("http")
         );
         assert!(header_value(&seen, "x-request-id").is_some());
+        assert!(r.header("x-envoy-upstream-service-time").is_some());
 
         // Unknown length: streamed upstream chunked, 3 MiB in 50 KiB frames.
         let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
@@ -199,6 +200,7 @@ fn grpc_through_an_h2c_backend_streams_both_ways_with_trailers() {
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-seen-te"], "trailers");
+        assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
         assert_eq!(
             resp.headers()["x-seen-authority"],
             format!("grpc.test:{}", gw.addr.port())
@@ -349,4 +351,64 @@ fn curl_speaks_http2_to_the_gateway() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("< HTTP/2 200"), "{stderr}");
     assert!(stdout.starts_with("GET /from-curl HTTP/1.1"), "{stdout}");
+}
+
+#[test]
+fn traffic_policy_applies_to_http2_streams() {
+    use mesh_balance::PoolLimits;
+    let up = upstream();
+    let c = Arc::new(Cluster {
+        name: "default/small:80".into(),
+        service: obj("default", "small"),
+        port: 80,
+        endpoints: vec![up.addr],
+        protocol: UpstreamProtocol::Http1,
+        policy: Arc::new(mesh_registry::ClusterPolicy {
+            connection_pool: Some(PoolLimits {
+                max_connections: 1,
+                max_pending_requests: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    let gw = simple_gateway(&c);
+    let url = format!("http://h2.test:{}", gw.addr.port());
+    runtime().block_on(async {
+        let client = h2c_client(gw.addr).await;
+        // Five concurrent slow streams on one connection: one in flight, one
+        // pending, the rest refused by the circuit breaker.
+        let mut calls = Vec::new();
+        for i in 0..5 {
+            let client = client.clone();
+            let url = url.clone();
+            calls.push(tokio::spawn(async move {
+                let mut req = h2get(&format!("{url}/delay/600"));
+                if i == 4 {
+                    req.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                }
+                (i, send(&client, req, None, 0).await)
+            }));
+        }
+        let mut ok = 0;
+        let mut overloaded = 0;
+        for call in calls {
+            let (i, r) = call.await.unwrap();
+            match (r.status.as_u16(), r.header("grpc-status")) {
+                (200, None) => ok += 1,
+                (503, None) => {
+                    assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
+                    overloaded += 1;
+                }
+                (200, Some("14")) if i == 4 => overloaded += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!((1..=2).contains(&ok), "{ok} ok");
+        assert!(overloaded >= 3, "{overloaded} overloaded");
+        // Closed again once the load is gone.
+        let r = send(&client, h2get(&format!("{url}/after")), None, 0).await;
+        assert_eq!(r.status, 200);
+    });
 }

@@ -27,6 +27,7 @@ use crate::filters::mirror::spawn_mirror;
 use crate::filters::plan::Plan;
 use crate::filters::{cors, headers as header_filter};
 use crate::io::{flush, Io};
+use crate::policy::{self, deadline_or};
 use crate::retry::backoff;
 use crate::upstream::exchange::{attempt, read_response_head, AttemptError};
 use crate::upstream::head::{write_upstream_head, UpstreamBody};
@@ -44,6 +45,13 @@ pub(crate) async fn forward(
     let h = s.h;
     let none = Headers::default();
     let idle = h.options.body_idle_timeout;
+    // Circuit breakers (the backend speaks HTTP/1.1: a connection per
+    // request), before anything is read or sent: overflow is a 503.
+    let admit_until = deadline_or(rule, s.start, h.options.connect_timeout);
+    let Ok(_admission) = h.policy.admit_http1(cluster, admit_until).await else {
+        let (status, headers, body) = policy::overflow_response();
+        return s.local(status, &headers, body, Some(cluster));
+    };
     let buffered: Option<Bytes> = match req.body {
         BodyKind::None => Some(Bytes::new()),
         BodyKind::Length(n) if n <= h.options.max_buffered_body_bytes as u64 => {
@@ -112,12 +120,18 @@ pub(crate) async fn forward(
     let max_tries = 1 + retry.map_or(0, |r| r.attempts);
     let body_limit = h.options.max_request_body_bytes;
     let mut tries = 0;
+    let mut sent = Instant::now();
+    let mut picked_cookie = None;
+    let mut _retry_permit = None;
     let result = loop {
         tries += 1;
-        let Some(addr) = pick::pick_endpoint(cluster, &h.round_robin) else {
+        let Some(picked) = pick::pick_for_request(h, cluster, &req, client_ip) else {
             break Err(AttemptError::Connect);
         };
+        let addr = picked.addr;
+        picked_cookie = picked.set_cookie;
         let now = Instant::now();
+        sent = now;
         let try_deadline = match (per_try, deadline) {
             (Some(p), Some(d)) => Some((now + p).min(d)),
             (Some(p), None) => Some(now + p),
@@ -154,8 +168,14 @@ pub(crate) async fn forward(
         let r = monoio::select! {
             r = timed => r,
             // The client cancelled: drop the upstream exchange.
-            _ = poll_fn(|cx| s.respond.poll_reset(cx)) => return,
+            _ = poll_fn(|cx| s.respond.poll_reset(cx)) => {
+                // Says nothing about the endpoint, but ends its in-flight count.
+                h.policy.report(cluster, addr, None, Instant::now());
+                return;
+            }
         };
+        h.policy
+            .report(cluster, addr, policy::attempt_result(&r), Instant::now());
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         let retriable = match &r {
             Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
@@ -164,13 +184,18 @@ pub(crate) async fn forward(
             }
             Err(_) => false,
         };
-        if !retriable || tries >= max_tries || expired {
+        let permitted = || h.policy.retry_permit(cluster).ok();
+        let permit = (retriable && tries < max_tries && !expired)
+            .then(permitted)
+            .flatten();
+        if permit.is_none() {
             if expired && r.is_err() {
                 break Err(AttemptError::Timeout);
             }
             break r.map(|(io, resp)| (io, resp, addr));
         }
         drop(r);
+        _retry_permit = permit;
         let pause = backoff(
             retry.and_then(|p| p.backoff),
             tries,
@@ -184,7 +209,7 @@ pub(crate) async fn forward(
         }
         monoio::time::sleep(pause).await;
     };
-    let (up, resp, addr) = match result {
+    let (up, mut resp, addr) = match result {
         Ok(r) => r,
         Err(AttemptError::Client(e)) => return client_body_failure(&mut s, e),
         Err(e) => {
@@ -197,6 +222,7 @@ pub(crate) async fn forward(
             return s.local(status, &none, text, Some(cluster));
         }
     };
+    policy::decorate_response(&mut resp.headers, sent, picked_cookie);
     respond(s, &req, up, resp, addr, &plan, cluster).await;
 }
 
@@ -330,7 +356,7 @@ async fn respond(
     resp: ResponseHead,
     addr: SocketAddr,
     plan: &Plan<'_>,
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
 ) {
     let h = s.h;
     let status = resp.status;
@@ -400,7 +426,7 @@ async fn respond(
     }
     h.metrics
         .record_request(status, Some(cluster), s.start.elapsed());
-    if clean && resp.keep_alive {
+    if clean && resp.keep_alive && h.policy.keep_connection(cluster, &up) {
         h.pool.put(addr, up);
     }
 }

@@ -21,6 +21,7 @@ use crate::codec::wire::is_hop_by_hop;
 use crate::codec::{Headers, RequestHead};
 use crate::filters::plan::Plan;
 use crate::filters::{cors, headers as header_filter};
+use crate::policy::{self, UpstreamResult};
 use crate::upstream::pick;
 use crate::HttpHandler;
 
@@ -44,9 +45,16 @@ pub(crate) async fn forward(
         (None, Some(r)) => Some(s.start + r),
         (None, None) => None,
     };
-    let Some(addr) = pick::pick_endpoint(cluster, &h.round_robin) else {
+    // Circuit breakers for an HTTP/2 backend: http2MaxRequests.
+    let Ok(_admission) = h.policy.admit_request(cluster) else {
+        let (status, headers, body) = policy::overflow_response();
+        return s.local(status, &headers, body, Some(cluster));
+    };
+    let Some(picked) = pick::pick_for_request(h, cluster, &req, s.conn.peer.ip()) else {
         return s.local(503, &none, "no healthy upstream\n", Some(cluster));
     };
+    let addr = picked.addr;
+    let sent = Instant::now();
     let exchange = open_stream(h, addr, request, end_stream);
     let timed = async {
         match deadline {
@@ -56,13 +64,15 @@ pub(crate) async fn forward(
             None => exchange.await,
         }
     };
+    let report = |result| h.policy.report(cluster, addr, result, Instant::now());
     let opened = monoio::select! {
         r = timed => r,
-        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return,
+        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
     };
     let (response, upstream_send) = match opened {
         Ok(r) => r,
         Err(f) => {
+            report(Some(f.result()));
             let (status, text) = f.answer();
             return s.local(status, &none, text, Some(cluster));
         }
@@ -82,17 +92,30 @@ pub(crate) async fn forward(
     };
     let response = monoio::select! {
         r = response => r,
-        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return,
+        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
     };
     let response = match response {
         Ok(r) => r,
         Err(f) => {
+            report(Some(f.result()));
             let (status, text) = f.answer();
             return s.local(status, &none, text, Some(cluster));
         }
     };
-    let (parts, up_body) = response.into_parts();
+    let (mut parts, up_body) = response.into_parts();
     let status = parts.status.as_u16();
+    report(Some(UpstreamResult::Status(status)));
+    let (name, value) = policy::service_time_header(sent);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        parts.headers.insert(name, v);
+    }
+    if let Some(cookie) = picked
+        .set_cookie
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
+    }
     let mut out = Response::new(());
     *out.status_mut() = parts.status;
     *out.headers_mut() = if plan.response_modifiers.is_empty() && plan.cors.is_none() {
@@ -127,6 +150,14 @@ enum Failure {
 }
 
 impl Failure {
+    fn result(&self) -> UpstreamResult {
+        match self {
+            Failure::Connect => UpstreamResult::ConnectFailure,
+            Failure::Reset => UpstreamResult::Reset,
+            Failure::Timeout => UpstreamResult::Timeout,
+        }
+    }
+
     fn answer(&self) -> (u16, &'static str) {
         match self {
             Failure::Timeout => (504, "upstream request timeout\n"),
