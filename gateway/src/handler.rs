@@ -14,13 +14,11 @@ pub struct GatewayHandler {
 }
 
 impl ConnectionHandler for GatewayHandler {
-    fn handle(self: Rc<Self>, conn: Accepted) -> impl std::future::Future<Output = ()> + 'static {
-        async move {
-            if self.l4.serves(conn.port) {
-                self.l4.clone().handle(conn).await
-            } else {
-                self.http.clone().handle(conn).await
-            }
+    async fn handle(self: Rc<Self>, conn: Accepted) {
+        if self.l4.serves(conn.port) {
+            self.l4.clone().handle(conn).await
+        } else {
+            self.http.clone().handle(conn).await
         }
     }
 }

@@ -200,9 +200,7 @@ spec: {controllerName: ringmesh.io/gateway-controller}
 
 /// A Gateway `gw` in `default` with these listener lines (YAML flow maps).
 pub fn gateway(listeners: &[String]) -> String {
-    let mut y = format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: ringmesh\n  listeners:\n"
-    );
+    let mut y = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  gatewayClassName: ringmesh\n  listeners:\n".to_string();
     for l in listeners {
         y += &format!("  - {l}\n");
     }
