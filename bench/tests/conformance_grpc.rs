@@ -1,8 +1,17 @@
-//! `bench echo --grpc` (the conformance gRPC echo backend) called by a tonic client over
-//! real sockets: Echo/EchoTwo answer with the pod identity and the metadata received,
-//! anything else is UNIMPLEMENTED.
+//! gRPC through the gateway, end to end with real processes and sockets:
+//! - `bench echo --grpc` (the conformance gRPC echo backend) called by a tonic client:
+//!   Echo/EchoTwo answer with the pod identity and the metadata received, anything else
+//!   is UNIMPLEMENTED;
+//! - `bench conformance` on a vector folder written here (no ../shared needed): a
+//!   GRPCRoute with exact and regular-expression method matches, header modifiers both
+//!   ways and an unmatched method, through the real `gateway` over h2c (the route also
+//!   has a mirror, which must not disturb the call; that the mirror backend receives a
+//!   copy is not asserted: the engine mirrors over HTTP/1.1 only, and the gRPC echo
+//!   speaks h2c);
+//! - the shared conformance vectors' gRPC tests all pass (skipped when absent).
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -128,4 +137,171 @@ fn grpc_echo_reports_pod_method_and_metadata() {
         let status = call(echo.port, "Nope", &[]).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented);
     });
+}
+
+/// `target/<profile>/gateway` next to the bench binary, built on demand: cargo only builds
+/// binaries of the package under test.
+fn gateway_binary() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let dir = bench.parent().expect("bench binary has a folder");
+    let gateway = dir.join("gateway");
+    if !gateway.exists() {
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", "ringmesh-gateway"]);
+        if profile == "release" {
+            command.arg("--release");
+        } else if profile != "debug" {
+            command.args(["--profile", profile]);
+        }
+        let status = command
+            .status()
+            .expect("run cargo build -p ringmesh-gateway");
+        assert!(status.success(), "cargo build -p ringmesh-gateway failed");
+    }
+    gateway
+}
+
+fn run_conformance(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("conformance")
+        .arg(dir)
+        .arg("--gateway-bin")
+        .arg(gateway_binary())
+        .args(["--min-pass-rate", "1.0"])
+        .args(extra)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run bench conformance");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), stdout)
+}
+
+const ENVIRONMENT: &str = r#"
+namespaces:
+  grpc-test: {labels: {purpose: grpc}}
+gateways:
+  grpc-test/gw:
+    listeners: [{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}]
+services:
+  grpc-test/grpc-v1: {ports: [{port: 8080}], protocol: grpc-h2c}
+  grpc-test/grpc-v2: {ports: [{port: 8080}], protocol: grpc-h2c}
+  grpc-test/grpc-mirror: {ports: [{port: 8080}], protocol: grpc-h2c}
+"#;
+
+const FEATURES: &str = r#"
+schema_version: 1
+test: GRPCRouteFeatures
+features: [Gateway, GRPCRoute]
+target:
+  gateway: grpc-test/gw
+  listener: {port: 80, protocol: HTTP}
+  scheme: h2c-grpc
+manifests:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: GRPCRoute
+  metadata: {name: features, namespace: grpc-test}
+  spec:
+    parentRefs: [{name: gw}]
+    rules:
+    - matches:
+      - method: {service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: EchoTwo}
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier:
+          set: [{name: x-set, value: set-by-gateway}]
+          add: [{name: x-added, value: added}]
+          remove: [x-drop]
+      - type: ResponseHeaderModifier
+        responseHeaderModifier: {add: [{name: x-resp, value: from-gateway}]}
+      - type: RequestMirror
+        requestMirror: {backendRef: {name: grpc-mirror, port: 8080}}
+      backendRefs: [{name: grpc-v2, port: 8080}]
+    - matches:
+      - method: {type: RegularExpression, service: '.*\.GrpcEcho', method: Echo}
+      backendRefs: [{name: grpc-v1, port: 8080}]
+cases:
+- id: 0
+  request:
+    grpc_method: /gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo
+    metadata: {X-Set: from-client, X-Drop: please}
+  expect:
+    grpc_status: OK
+    backend: grpc-v2
+    backend_namespace: grpc-test
+    upstream:
+      headers: {x-set: set-by-gateway, x-added: added}
+      absent_headers: [x-drop]
+    response_headers: {x-resp: from-gateway}
+- id: 1
+  request:
+    grpc_method: {service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: Echo}
+  expect:
+    grpc_status: OK
+    backend: grpc-v1
+    backend_namespace: grpc-test
+- id: 2
+  request:
+    grpc_method: /gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoThree
+  expect:
+    grpc_status: UNIMPLEMENTED
+"#;
+
+#[test]
+fn grpcroute_features_through_the_gateway() {
+    let dir = std::env::temp_dir().join(format!("ringmesh-grpc-vectors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("_environment.yaml"), ENVIRONMENT).unwrap();
+    std::fs::write(dir.join("grpcroute-features.yaml"), FEATURES).unwrap();
+    // A wrong expectation must fail (the checks can fail): claim v1 serves EchoTwo.
+    let wrong = FEATURES.replacen("backend: grpc-v2", "backend: grpc-v1", 1);
+    let wrong_dir = dir.join("wrong");
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    std::fs::write(wrong_dir.join("_environment.yaml"), ENVIRONMENT).unwrap();
+    std::fs::write(wrong_dir.join("grpcroute-features.yaml"), wrong).unwrap();
+
+    let (ok, stdout) = run_conformance(&dir, &[]);
+    let (wrong_ok, wrong_stdout) = run_conformance(&wrong_dir, &["--case-timeout", "1s"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("PASS GRPCRouteFeatures 3/3"), "{stdout}");
+    assert!(
+        stdout.contains("3 passed, 0 failed (0 skipped)"),
+        "{stdout}"
+    );
+    assert!(!wrong_ok, "{wrong_stdout}");
+    assert!(
+        wrong_stdout.contains("expected backend grpc-v1, got pod \"grpc-v2-"),
+        "{wrong_stdout}"
+    );
+}
+
+#[test]
+fn shared_grpc_vectors_pass() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/gateway-api"
+    ));
+    if !dir.join("_environment.yaml").exists() {
+        println!(
+            "skipping: conformance vectors not found at {}",
+            dir.display()
+        );
+        return;
+    }
+    let (ok, stdout) = run_conformance(&dir, &["--only", "GRPC"]);
+    assert!(ok, "{stdout}");
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("");
+    assert!(summary.ends_with(" 0 failed (0 skipped)"), "{stdout}");
+    assert!(!summary.starts_with("0 passed"), "{stdout}");
 }

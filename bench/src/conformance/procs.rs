@@ -157,7 +157,42 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl GatewayProcess {
+    /// Starts the gateway and waits until it is ready. Its admin/metrics/ready ports are
+    /// picked free and released before the gateway binds them, so a client connection
+    /// can take one in between: a start that fails with "Address already in use" is
+    /// retried with fresh ports.
     pub fn start(
+        gateway_bin: &Path,
+        config_dir: &Path,
+        gateway: &str,
+        log_path: PathBuf,
+        ready_timeout: Duration,
+        workers: usize,
+    ) -> anyhow::Result<GatewayProcess> {
+        const ATTEMPTS: usize = 5;
+        let mut attempt = 1;
+        loop {
+            let result = Self::start_once(
+                gateway_bin,
+                config_dir,
+                gateway,
+                log_path.clone(),
+                ready_timeout,
+                workers,
+            );
+            match result {
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(
         gateway_bin: &Path,
         config_dir: &Path,
         gateway: &str,

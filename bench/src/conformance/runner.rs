@@ -78,8 +78,8 @@ pub fn run_case(case: &Case, target: &mut Target<'_>) -> Result<(), String> {
     let timeout = target.case_timeout;
     match case.kind.as_deref() {
         None | Some("http") if case.request.grpc_method.is_some() => {
-            let port = target.port;
-            eventually(timeout, target.gateway, || probe_grpc(case, port))
+            let (port, echoes) = (target.port, target.echoes);
+            eventually(timeout, target.gateway, || probe_grpc(case, port, echoes))
         }
         None | Some("http") => {
             let (port, scheme, echoes) = (target.port, target.scheme.clone(), target.echoes);
@@ -178,8 +178,13 @@ fn probe_http(
     if let Err(reason) = result {
         return Err(with_backend_trace(reason, &uuid, &sent.path, echoes));
     }
+    check_mirrors(case, &uuid, echoes)
+}
+
+/// `expect.mirrored_to`: each mirror backend logged the request (its echo log line).
+fn check_mirrors(case: &Case, uuid: &str, echoes: &[EchoProcess]) -> Result<(), String> {
     for mirror in &case.expect.mirrored_to {
-        let path = substitute(&mirror.path, &uuid);
+        let path = substitute(&mirror.path, uuid);
         let candidates: Vec<&EchoProcess> = echoes
             .iter()
             .filter(|e| e.pod.starts_with(&mirror.backend))
@@ -204,7 +209,7 @@ fn probe_http(
     Ok(())
 }
 
-fn probe_grpc(case: &Case, port: u16) -> Result<(), String> {
+fn probe_grpc(case: &Case, port: u16, echoes: &[EchoProcess]) -> Result<(), String> {
     let method = case
         .request
         .grpc_method
@@ -221,7 +226,8 @@ fn probe_grpc(case: &Case, port: u16) -> Result<(), String> {
         .collect();
     let host = case.request.host.as_ref().map(|h| substitute(h, &uuid));
     let reply = super::grpc::call(port, host.as_deref(), &method, &metadata, PROBE_TIMEOUT)?;
-    super::grpc::check(case, &reply).map_err(|e| format!("{method}: {e}"))
+    super::grpc::check(case, &reply).map_err(|e| format!("{method}: {e}"))?;
+    check_mirrors(case, &uuid, echoes)
 }
 
 /// Appends what the echo backends logged for this probe's uuid (retry attempts that
