@@ -3,9 +3,15 @@
 //! Authorization rule: the request metadata Struct carries `node` (the node
 //! the calling ztunnel runs on); the CSR must ask for exactly one SPIFFE
 //! identity, and some pod on that node must run as it (per the current
-//! registry). NOT YET DONE: authenticating the caller as that node (Istio
-//! checks the ztunnel's own certificate or a Kubernetes JWT); today any caller
-//! that can reach the port may claim any node.
+//! registry).
+//!
+//! Caller authentication (Istio checks a Kubernetes service-account token
+//! bound to the node; we use per-node bootstrap tokens): the gRPC metadata
+//! must carry `authorization: Bearer <token>` equal to the token the config
+//! Secret `istio-system/ringmesh-node-tokens` holds for the claimed node
+//! (key = node name, value = token, in `stringData` or `data`). Without that
+//! Secret every request is refused, unless the controller runs with
+//! `--ca-allow-unauthenticated`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +29,32 @@ use crate::state::Controller;
 /// The metadata field naming the caller's node.
 pub const NODE_METADATA_FIELD: &str = "node";
 
+/// How a caller proves it runs on the node it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerAuth {
+    /// `authorization: Bearer <token>` matching the node's bootstrap token.
+    NodeTokens,
+    /// Anyone may claim any node (development only).
+    Unauthenticated,
+}
+
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
     controller: Arc<Controller>,
+    auth: CallerAuth,
 }
 
 impl CaService {
-    pub fn new(ca: Arc<CertificateAuthority>, controller: Arc<Controller>) -> Self {
-        Self { ca, controller }
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        controller: Arc<Controller>,
+        auth: CallerAuth,
+    ) -> Self {
+        Self {
+            ca,
+            controller,
+            auth,
+        }
     }
 
     pub fn into_server(self) -> IstioCertificateServiceServer<CaService> {
@@ -38,7 +62,12 @@ impl CaService {
     }
 
     /// The decision and the signing, separate from the gRPC plumbing.
-    pub fn create(&self, request: &IstioCertificateRequest) -> Result<Vec<String>, Status> {
+    /// `bearer`: the token of the caller's `authorization: Bearer` header.
+    pub fn create(
+        &self,
+        request: &IstioCertificateRequest,
+        bearer: Option<&str>,
+    ) -> Result<Vec<String>, Status> {
         let node = request
             .metadata
             .as_ref()
@@ -52,6 +81,9 @@ impl CaService {
                     "request metadata must carry a string field `{NODE_METADATA_FIELD}` naming the caller's node"
                 ))
             })?;
+        if self.auth == CallerAuth::NodeTokens {
+            self.authenticate(&node, bearer)?;
+        }
         let requested = requested_identity(&request.csr).map_err(Status::invalid_argument)?;
         let identity: Identity = requested.parse().map_err(|e| {
             Status::invalid_argument(format!(
@@ -85,6 +117,50 @@ impl CaService {
     }
 }
 
+impl CaService {
+    fn authenticate(&self, node: &str, bearer: Option<&str>) -> Result<(), Status> {
+        let state = self.controller.state();
+        let Some(tokens) = state.node_tokens.as_ref() else {
+            return Err(Status::unauthenticated(format!(
+                "no node tokens are configured (Secret {}/{}); the CA signs for nobody",
+                NODE_TOKENS_SECRET.0, NODE_TOKENS_SECRET.1
+            )));
+        };
+        let Some(presented) = bearer else {
+            return Err(Status::unauthenticated(
+                "missing `authorization: Bearer <node token>` metadata",
+            ));
+        };
+        match tokens.get(node) {
+            Some(expected) if constant_time_eq(expected.as_bytes(), presented.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "the token presented is not node {node:?}'s"
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "node {node:?} has no bootstrap token"
+            ))),
+        }
+    }
+}
+
+/// The Secret holding per-node bootstrap tokens: `(namespace, name)`.
+pub const NODE_TOKENS_SECRET: (&str, &str) = ("istio-system", "ringmesh-node-tokens");
+
+/// Compares without an early exit on the first differing byte (no timing hint).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `Bearer <token>` → `<token>`.
+fn bearer_token<T>(request: &Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then_some(token)
+}
+
 /// The single URI SAN a CSR asks for.
 fn requested_identity(csr_pem: &str) -> Result<String, String> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
@@ -114,7 +190,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let cert_chain = self.create(request.get_ref())?;
+        let cert_chain = self.create(request.get_ref(), bearer_token(&request))?;
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
 }

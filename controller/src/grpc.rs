@@ -39,15 +39,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// The controller's serving identity on 15012, issued by its own CA.
+/// DNS names always in the serving certificate (the in-cluster Service name).
+pub const DEFAULT_SERVING_NAMES: &[&str] = &[
+    "ringmesh-controller.istio-system.svc",
+    "ringmesh-controller.istio-system.svc.cluster.local",
+    "localhost",
+];
+
+/// The controller's serving identity on 15012, issued by its own CA:
+/// `spiffe://TD/ns/istio-system/sa/ringmesh-controller` plus
+/// [`DEFAULT_SERVING_NAMES`] and `extra_sans` (each an IP or a DNS name), so
+/// clients holding the mesh root can verify it by name or address.
 pub fn serving_tls(
     ca: &CertificateAuthority,
     trust_domain: &str,
+    extra_sans: &[String],
 ) -> anyhow::Result<ServerTlsConfig> {
     let identity = Identity::new(trust_domain, "istio-system", "ringmesh-controller")?;
-    let request = mesh_tls::generate_key_and_csr(&identity)?;
-    let issued = ca.sign_csr(&request.csr_pem, &identity, None)?;
+    let mut dns: Vec<String> = DEFAULT_SERVING_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    for san in extra_sans {
+        match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    let (issued, key_pem) = ca.issue_serving_cert(&identity, &dns, &ips)?;
     let chain = issued.chain_pem.concat();
-    Ok(ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(chain, request.key_pem)))
+    Ok(ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key_pem)))
 }

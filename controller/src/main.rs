@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_tls::CertificateAuthority;
-use ringmesh_controller::{admin, ca::CaService, grpc, watch, Controller, ControllerOptions};
+use ringmesh_controller::ca::{CaService, CallerAuth};
+use ringmesh_controller::{admin, grpc, watch, Controller, ControllerOptions};
 
 #[derive(Parser)]
 #[command(name = "controller", about = "ringmesh control plane: xDS, CA, status")]
@@ -39,6 +40,12 @@ struct Args {
     trust_domain: String,
     #[arg(long, default_value = "ringmesh")]
     gateway_class: String,
+    /// Extra subject alternative names (IPs or DNS names) of the 15012 serving certificate.
+    #[arg(long = "xds-tls-san")]
+    xds_tls_sans: Vec<String>,
+    /// Sign certificates without checking the caller's node token (development only).
+    #[arg(long)]
+    ca_allow_unauthenticated: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,19 +131,25 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tls_config = grpc::serving_tls(&ca, &args.trust_domain)?;
+    let tls_config = grpc::serving_tls(&ca, &args.trust_domain, &args.xds_tls_sans)?;
+    let caller_auth = if args.ca_allow_unauthenticated {
+        tracing::warn!("--ca-allow-unauthenticated: any caller may claim any node");
+        CallerAuth::Unauthenticated
+    } else {
+        CallerAuth::NodeTokens
+    };
     let plain_task = tokio::spawn(grpc::serve(
         plain,
         None,
         xds.clone(),
-        CaService::new(ca.clone(), controller.clone()),
+        CaService::new(ca.clone(), controller.clone(), caller_auth),
         stopped(stop_rx.clone()),
     ));
     let tls_task = tokio::spawn(grpc::serve(
         tls,
         Some(tls_config),
         xds.clone(),
-        CaService::new(ca.clone(), controller.clone()),
+        CaService::new(ca.clone(), controller.clone(), caller_auth),
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(admin::serve(admin_listener, controller.clone()));

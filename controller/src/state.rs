@@ -2,7 +2,7 @@
 //! `replace_type` per type URL, so removed objects are removed and unchanged
 //! ones cost nothing (content versions are hashes, stable across restarts).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +35,9 @@ pub struct State {
     pub authorizations: usize,
     /// Set when the config path itself could not be read; the previous state keeps serving.
     pub last_reload_error: Option<String>,
+    /// Node name → bootstrap token, from the Secret `istio-system/ringmesh-node-tokens`
+    /// (`None` without that Secret).
+    pub node_tokens: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,6 +93,7 @@ impl Controller {
                     addresses: previous.addresses,
                     authorizations: previous.authorizations,
                     last_reload_error: Some(message.clone()),
+                    node_tokens: previous.node_tokens.clone(),
                 }));
                 return ReloadOutcome::Kept(message);
             }
@@ -132,11 +136,33 @@ impl Controller {
             addresses: counts.0,
             authorizations: counts.1,
             last_reload_error: None,
+            node_tokens: node_tokens(&loaded.resources),
         }));
         ReloadOutcome::Published {
             config_errors: loaded.errors.len(),
         }
     }
+}
+
+/// The bootstrap tokens of the Secret named by [`crate::ca::NODE_TOKENS_SECRET`];
+/// `stringData` wins over `data`, values are trimmed, empty ones ignored.
+fn node_tokens(resources: &Resources) -> Option<BTreeMap<String, String>> {
+    let (namespace, name) = crate::ca::NODE_TOKENS_SECRET;
+    let secret = &resources
+        .secrets
+        .get(&(namespace.to_string(), name.to_string()))?
+        .spec;
+    let mut tokens = BTreeMap::new();
+    for (node, value) in secret.data.iter().flatten() {
+        if let Ok(text) = std::str::from_utf8(&value.0) {
+            tokens.insert(node.clone(), text.trim().to_string());
+        }
+    }
+    for (node, value) in secret.string_data.iter().flatten() {
+        tokens.insert(node.clone(), value.trim().to_string());
+    }
+    tokens.retain(|_, token| !token.is_empty());
+    Some(tokens)
 }
 
 /// A file with a rejected document keeps serving what it held in the last

@@ -4,7 +4,10 @@
 //! 15006 (inbound plaintext) and 15008 (HBONE), carries pod-to-pod traffic in
 //! HBONE (mTLS with workload identities minted by the mesh CA) and enforces
 //! L4 AuthorizationPolicy. Only flags and composition live here.
+//! Connected mode (`--xds ADDR`, `connected.rs`) takes the registry and the
+//! certificates from the controller instead.
 
+mod connected;
 mod copy;
 mod dump;
 mod inbound;
@@ -69,6 +72,8 @@ struct Args {
     /// Connect to apps from the pod's own address instead of the client's.
     #[arg(long)]
     no_preserve_source: bool,
+    #[command(flatten)]
+    connected: connected::ConnectedArgs,
 }
 
 fn main() -> ExitCode {
@@ -123,9 +128,18 @@ fn load_ca(args: &Args) -> anyhow::Result<CertificateAuthority> {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// The registry, captured pods and extra metrics a mode starts with.
+struct Started {
+    registry: Arc<ArcSwap<WorkloadRegistry>>,
+    pods: Vec<proxy::CapturedPod>,
+    metrics: Option<Arc<dyn mesh_runtime::MetricsSource>>,
+}
+
+/// Standalone mode: the registry from `--config`, certificates from the
+/// in-process CA.
+fn start_standalone(args: &Args) -> anyhow::Result<Started> {
     let registry = load_registry(&args.config, &args.trust_domain)?;
-    let ca = load_ca(&args)?;
+    let ca = load_ca(args)?;
 
     // One certificate per identity (pods sharing a service account share it).
     let mut tls_by_identity: HashMap<String, Arc<HboneTls>> = HashMap::new();
@@ -160,8 +174,37 @@ fn run(args: Args) -> anyhow::Result<()> {
             tls,
         });
     }
-    tracing::info!(node = %args.node, pods = pods.len(), "captured pods on this node");
     spawn_renewal(ca, renewals)?;
+    Ok(Started {
+        registry: Arc::new(ArcSwap::from_pointee(registry)),
+        pods,
+        metrics: None,
+    })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let Started {
+        registry,
+        pods,
+        metrics: mode_metrics,
+    } = match &args.connected.xds {
+        Some(address) => {
+            let started = connected::start(
+                &args.connected,
+                address,
+                &args.config,
+                &args.node,
+                &args.trust_domain,
+            )?;
+            Started {
+                registry: started.registry,
+                pods: started.pods,
+                metrics: Some(started.metrics),
+            }
+        }
+        None => start_standalone(&args)?,
+    };
+    tracing::info!(node = %args.node, pods = pods.len(), "captured pods on this node");
 
     let options = RuntimeOptions {
         workers: args.workers.unwrap_or_else(mesh_runtime::default_workers),
@@ -177,7 +220,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         IoDriver::Auto => monoio::utils::detect_uring(),
     };
     let metrics = Arc::new(metrics::Metrics::new(options.workers));
-    let registry = Arc::new(ArcSwap::from_pointee(registry));
     if let Some(addr) = args.config_dump_addr {
         dump::spawn(addr, args.node.clone(), registry.clone())?;
     }
@@ -195,20 +237,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     mesh_runtime::publish(&snapshots, Snapshot::default());
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots);
     runtime.add_metrics(metrics);
+    if let Some(extra) = mode_metrics {
+        runtime.add_metrics(extra);
+    }
     let dump_registry = registry.clone();
     let node = args.node.clone();
     runtime.set_config_dump(Arc::new(move || dump::render(&node, &dump_registry)));
-    let reload_path = args.config.clone();
-    let trust_domain = args.trust_domain.clone();
-    runtime.watch_config(
-        args.config.clone(),
-        Box::new(move || {
-            // Policies and endpoints change live; the set of captured pods is
-            // fixed at start-up.
-            registry.store(Arc::new(load_registry(&reload_path, &trust_domain)?));
-            Ok(Snapshot::default())
-        }),
-    );
+    if args.connected.xds.is_none() {
+        let reload_path = args.config.clone();
+        let trust_domain = args.trust_domain.clone();
+        runtime.watch_config(
+            args.config.clone(),
+            Box::new(move || {
+                // Policies and endpoints change live; the set of captured pods is
+                // fixed at start-up.
+                registry.store(Arc::new(load_registry(&reload_path, &trust_domain)?));
+                Ok(Snapshot::default())
+            }),
+        );
+    }
     runtime.run(move |worker| {
         proxy::start_worker(&shared, worker);
         NoPorts

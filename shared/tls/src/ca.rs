@@ -278,6 +278,63 @@ impl CertificateAuthority {
         })
     }
 
+    /// A serving certificate for a control-plane endpoint (the controller's 15012): the
+    /// SPIFFE `identity` plus the DNS names and IPs its clients verify, with a fresh
+    /// ECDSA P-256 key. Returns the chain (leaf first, root last) and the key as PEM.
+    pub fn issue_serving_cert(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(IssuedChain, String), CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::BadKey(e.to_string()))?;
+        let now = SystemTime::now();
+        let not_after = now + self.max_lifetime;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+        for name in dns_names {
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Sign(format!("DNS name {name:?}: {e}")))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.not_before = to_offset(now - BACKDATE);
+        params.not_after = to_offset(not_after);
+        params.serial_number = Some(random_serial());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let chain = vec![leaf.der().clone(), self.root_der.clone()];
+        Ok((
+            IssuedChain {
+                chain_pem: chain.iter().map(cert_to_pem).collect(),
+                chain,
+                not_after: truncate_to_secs(not_after),
+            },
+            key.serialize_pem(),
+        ))
+    }
+
     /// In-process issuance (standalone mode): generates a key and CSR for `identity` and
     /// signs it.
     pub fn issue_workload_cert(&self, identity: &Identity) -> Result<WorkloadCert, CaError> {

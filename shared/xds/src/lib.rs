@@ -30,10 +30,12 @@
 //! }));
 //! ```
 
+pub mod ca_client;
 pub mod client;
 pub mod server;
 mod version;
 
+pub use ca_client::{CaClient, CaClientConfig, IssuedCert};
 pub use client::{
     ztunnel_node_id, ClientConfig, ClientStats, Delta, ResourceSet, Subscription,
     SubscriptionHandle, XdsClient,

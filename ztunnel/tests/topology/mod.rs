@@ -174,6 +174,11 @@ pub struct Ztunnel {
 
 impl Ztunnel {
     pub fn start(bin: &str, config: &Path, node: u8, ca_dir: &Path) -> Self {
+        Self::start_with(bin, config, node, ca_dir, &[])
+    }
+
+    /// [`Ztunnel::start`] with extra flags (connected mode: `--xds ADDR`, …).
+    pub fn start_with(bin: &str, config: &Path, node: u8, ca_dir: &Path, extra: &[String]) -> Self {
         let args = vec![
             format!("--net={}", node_netns(node).display()),
             bin.to_string(),
@@ -193,6 +198,7 @@ impl Ztunnel {
             "127.0.0.1:15080".into(),
         ];
         let mut args = args;
+        args.extend(extra.iter().cloned());
         // Lets the suite run on the epoll driver too.
         if let Ok(driver) = std::env::var("RINGMESH_ZTUNNEL_IO_DRIVER") {
             args.extend(["--io-driver".to_string(), driver]);
