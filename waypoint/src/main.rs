@@ -1,9 +1,291 @@
-//! `waypoint`: HBONE listener (15008) → the L7 engine → HBONE to the chosen endpoint.
+//! `waypoint`: the L7 proxy of the Services that opt in with
+//! `istio.io/use-waypoint` (standalone mode). HBONE in on 15008 (mTLS with
+//! the waypoint's own workload certificate), each CONNECT stream for a bound
+//! Service `VIP:port` served by the shared L7 engine as HTTP/1.1 and routed
+//! by that Service (GAMMA HTTPRoutes, else its endpoints), then HBONE out to
+//! the chosen endpoint (`podIP:15008`, `:authority podIP:targetPort`).
+//! Only flags and composition live here.
+
+mod metrics;
+mod tunnels;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use clap::Parser;
+use mesh_http::upstream::connect::{install_hbone_upstream, HboneUpstream};
+use mesh_registry::workloads::{spiffe_identity, WorkloadRegistry, DEFAULT_TRUST_DOMAIN};
+use mesh_registry::{ObjectRef, Snapshot};
+use mesh_runtime::{IoDriver, RuntimeOptions, WorkerHandle};
+use mesh_tls::{CertificateAuthority, HboneTls, Identity, WorkloadCert};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    eprintln!("waypoint: not implemented yet");
-    std::process::exit(2);
+/// L7 proxy for Services that use a waypoint: HBONE in, the L7 engine, HBONE out.
+#[derive(Parser, Debug)]
+#[command(name = "waypoint", version)]
+struct Args {
+    /// YAML file or folder: the waypoint Gateway, Services, EndpointSlices,
+    /// Pods, HTTPRoutes (parentRef Service), Namespaces.
+    #[arg(long)]
+    config: PathBuf,
+    /// Which waypoint this is: `NAMESPACE/NAME` of its Gateway.
+    #[arg(long, value_parser = parse_name)]
+    name: ObjectRef,
+    /// CA folder (`root-cert.pem`, `ca-key.pem`) shared with the ztunnels:
+    /// the waypoint mints its own certificate from it.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_addr: SocketAddr,
+    /// io_uring worker threads (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    ready_addr: SocketAddr,
+    /// auto, io-uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io_driver: IoDriver,
+}
+
+fn parse_name(s: &str) -> Result<ObjectRef, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ObjectRef {
+                namespace: ns.into(),
+                name: name.into(),
+            })
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waypoint: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Config → (workload registry, the waypoint's snapshot).
+fn load(
+    path: &Path,
+    name: &ObjectRef,
+    trust_domain: &str,
+) -> anyhow::Result<(WorkloadRegistry, Snapshot)> {
+    let loaded = mesh_config::load_path(path)?;
+    for error in &loaded.errors {
+        tracing::warn!("config error: {error}");
+    }
+    let registry = WorkloadRegistry::build(&loaded.resources, trust_domain);
+    if registry
+        .waypoints
+        .get(&name.namespace, &name.name)
+        .is_none()
+    {
+        tracing::warn!(waypoint = %name, "no Gateway of class istio-waypoint/ringmesh-waypoint has this name; serving no Service");
+    }
+    let mut snapshot =
+        mesh_registry::translate_waypoint(&loaded.resources, &registry.waypoints, name);
+    snapshot.status.config_errors = loaded.errors.iter().map(ToString::to_string).collect();
+    Ok((registry, snapshot))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let (registry, snapshot) = load(&args.config, &args.name, &args.trust_domain)?;
+    tracing::info!(waypoint = %args.name, services = snapshot.services.by_vip.len(), "configuration loaded");
+
+    // Our identity: the waypoint pods' service account, else Istio's
+    // convention for waypoint deployments (the Gateway's name).
+    let identity = registry
+        .waypoints
+        .get(&args.name.namespace, &args.name.name)
+        .map(|w| w.identity.clone())
+        .unwrap_or_else(|| {
+            spiffe_identity(&args.trust_domain, &args.name.namespace, &args.name.name)
+        });
+    let identity: Identity = identity
+        .parse()
+        .map_err(|e| anyhow::anyhow!("waypoint identity {identity}: {e}"))?;
+    std::fs::create_dir_all(&args.ca_dir)
+        .with_context(|| format!("cannot create the CA folder {}", args.ca_dir.display()))?;
+    let ca = CertificateAuthority::load_or_generate(
+        &args.ca_dir.join("root-cert.pem"),
+        &args.ca_dir.join("ca-key.pem"),
+        &args.trust_domain,
+    )
+    .with_context(|| format!("CA in {}", args.ca_dir.display()))?;
+    let cert = ca.issue_workload_cert(&identity)?;
+    let tls = Arc::new(HboneTls::from_workload_cert(ca.root_pem(), &cert)?);
+    tracing::info!(%identity, "workload certificate issued");
+    spawn_renewal(ca, cert, tls.clone())?;
+
+    let options = RuntimeOptions {
+        workers: args.workers.unwrap_or_else(mesh_runtime::default_workers),
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        ready_addr: args.ready_addr,
+        io_driver: args.io_driver,
+        ..RuntimeOptions::default()
+    };
+    let http_metrics = Arc::new(mesh_http::HttpMetrics::new(options.workers.max(1)));
+    let metrics = Arc::new(metrics::WaypointMetrics::new(
+        http_metrics.clone(),
+        args.name.to_string(),
+    ));
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let snapshots = mesh_registry::new_handle(Snapshot::default());
+    mesh_runtime::publish(&snapshots, snapshot);
+    let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
+    runtime.add_metrics(metrics.clone());
+    let dump_snapshots = snapshots.clone();
+    runtime.set_config_dump(Arc::new(move || {
+        serde_json::to_value(&dump_snapshots.load().services).unwrap_or_default()
+    }));
+    let reload = (
+        args.config.clone(),
+        args.name.clone(),
+        args.trust_domain.clone(),
+    );
+    let reload_registry = registry.clone();
+    runtime.watch_config(
+        args.config.clone(),
+        Box::new(move || {
+            let (registry, snapshot) = load(&reload.0, &reload.1, &reload.2)?;
+            reload_registry.store(Arc::new(registry));
+            Ok(snapshot)
+        }),
+    );
+
+    let hbone_addr = args.hbone_addr;
+    let http_options = mesh_http::HttpOptions::default();
+    runtime.run(move |worker| {
+        // Upstream connections of this worker go through HBONE, verifying
+        // the identity the registry gives each endpoint IP.
+        let lookup = registry.clone();
+        install_hbone_upstream(HboneUpstream::new(
+            tls.clone(),
+            Box::new(move |ip| {
+                lookup
+                    .load()
+                    .workload(ip)
+                    .filter(|w| w.is_captured())
+                    .map(|w| w.identity.as_str().into())
+            }),
+        ));
+        let http = Rc::new(mesh_http::HttpHandler::new(
+            snapshots.clone(),
+            http_metrics.workers[worker % http_metrics.workers.len()].clone(),
+            http_options.clone(),
+        ));
+        match WorkerHandle::current() {
+            Some(handle) => {
+                let w = Rc::new(tunnels::Worker {
+                    http,
+                    snapshots: snapshots.clone(),
+                    tls: tls.clone(),
+                    metrics: metrics.clone(),
+                    handle,
+                });
+                if let Err(e) = tunnels::start(w, hbone_addr) {
+                    tracing::error!(worker, addr = %hbone_addr, error = %e, "cannot listen for HBONE");
+                } else if worker == 0 {
+                    tracing::info!(addr = %hbone_addr, "listening for HBONE");
+                }
+            }
+            None => tracing::error!(worker, "not on a runtime worker thread; no HBONE listener"),
+        }
+        NoPorts
+    })
+}
+
+/// Renews the certificate at half-life; new handshakes use the new one.
+fn spawn_renewal(
+    ca: CertificateAuthority,
+    mut cert: WorkloadCert,
+    tls: Arc<HboneTls>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("waypoint-cert-renewal".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            if !cert.should_renew(std::time::SystemTime::now()) {
+                continue;
+            }
+            let renewed = ca
+                .issue_workload_cert(&cert.identity)
+                .map_err(|e| e.to_string())
+                .and_then(|new| {
+                    tls.cert_store().rotate(&new).map_err(|e| e.to_string())?;
+                    Ok(new)
+                });
+            match renewed {
+                Ok(new) => {
+                    tracing::info!(identity = %new.identity, "workload certificate renewed");
+                    cert = new;
+                }
+                Err(e) => tracing::error!(error = %e, "certificate renewal failed; retrying"),
+            }
+        })
+        .context("cannot start the certificate renewal thread")?;
+    Ok(())
+}
+
+/// The runtime's per-port handler: the waypoint's only listener (HBONE) is
+/// its own, bound per worker in `tunnels::start`.
+struct NoPorts;
+
+impl mesh_runtime::ConnectionHandler for NoPorts {
+    #[allow(clippy::manual_async_fn)] // the trait's signature requires `+ 'static`
+    fn handle(
+        self: Rc<Self>,
+        _conn: mesh_runtime::Accepted,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        async {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_name;
+
+    #[test]
+    fn name_is_namespace_slash_name() {
+        let r = parse_name("apps/waypoint").unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str()),
+            ("apps", "waypoint")
+        );
+        for bad in ["waypoint", "/w", "apps/", "a/b/c"] {
+            assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -120,6 +120,22 @@ pub trait ConnectHandler: 'static {
 
     /// Called once per stream that reached the handler, after it ended.
     fn finished(&self, _request: &ConnectRequest, _outcome: &TunnelOutcome) {}
+
+    /// Carries an accepted tunnel (its 200 is sent) until it ends. The
+    /// default pipes it to `upstream`; a handler that terminates tunnels
+    /// itself (the waypoint serves HTTP on them, e.g. over
+    /// [`H2Stream::into_io`]) overrides this.
+    fn serve_tunnel(
+        &self,
+        _request: &ConnectRequest,
+        tunnel: H2Stream,
+        upstream: Self::Upstream,
+    ) -> impl Future<Output = PipeOutcome> {
+        async move {
+            let (read, write) = upstream.into_split();
+            tunnel.pipe(read, write).await
+        }
+    }
 }
 
 /// A [`ConnectHandler`] from an async closure; see [`handler_fn`].
@@ -343,8 +359,8 @@ async fn handle_stream<H: ConnectHandler>(
         }
         Ok(upstream) => match respond.send_response(status_only(StatusCode::OK), false) {
             Ok(send) => {
-                let (read, write) = upstream.into_split();
-                TunnelOutcome::Piped(H2Stream::new(send, body).pipe(read, write).await)
+                let tunnel = H2Stream::new(send, body);
+                TunnelOutcome::Piped(inner.handler.serve_tunnel(&request, tunnel, upstream).await)
             }
             Err(err) => TunnelOutcome::ResponseFailed(err),
         },

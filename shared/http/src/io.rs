@@ -7,7 +7,6 @@ use std::io;
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
-use monoio::net::TcpStream;
 
 /// Bytes requested per body read: the unit a body streams in.
 pub const READ_SIZE: usize = 64 * 1024;
@@ -23,7 +22,7 @@ const IDLE_KEEP: usize = 16 * 1024;
 pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {}
 impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
 
-pub struct Io<S = TcpStream> {
+pub struct Io<S = crate::upstream::connect::UpstreamStream> {
     pub stream: S,
     pub rbuf: BytesMut,
 }

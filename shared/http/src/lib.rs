@@ -132,6 +132,20 @@ impl HttpHandler {
     ) -> impl std::future::Future<Output = ()> + 'static {
         server::serve_stream(self, stream, peer, port, drain, scheme)
     }
+
+    /// Waypoint: serves HTTP/1.1 over a tunnel that was opened for the
+    /// Service `service` (`VIP:port`, the HBONE `:authority`). Requests are
+    /// routed with that Service's table ([`mesh_registry::ServiceRoutes`]),
+    /// not by port and Host. `peer`: the original client.
+    pub fn serve_service_stream<S: io::ClientStream>(
+        self: Rc<Self>,
+        stream: S,
+        peer: std::net::SocketAddr,
+        service: std::net::SocketAddr,
+        drain: mesh_runtime::Drain,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        server::serve_service_stream(self, stream, peer, service, drain)
+    }
 }
 
 impl HttpHandler {

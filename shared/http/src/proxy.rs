@@ -73,7 +73,7 @@ pub(crate) async fn handle<S: ClientStream>(
             .await;
         }
     }
-    let Some(entry) = route::select(&snapshot, c.port, &host, &req) else {
+    let Some(entry) = route::select_scoped(&snapshot, c.service, c.port, &host, &req) else {
         return answer(
             h,
             c,

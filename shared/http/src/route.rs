@@ -43,6 +43,27 @@ pub fn select<'a>(
         .find(|e| matches(&e.matcher, path, req))
 }
 
+/// [`select`], or for a connection scoped to a destination Service (the
+/// waypoint: `service` is the tunnel's `VIP:port`) the first matching entry
+/// of that Service's table; a Service the snapshot does not know gets None (404).
+pub fn select_scoped<'a>(
+    snapshot: &'a Snapshot,
+    service: Option<std::net::SocketAddr>,
+    port: u16,
+    host: &str,
+    req: &RequestHead,
+) -> Option<&'a RouteEntry> {
+    let Some(vip) = service else {
+        return select(snapshot, port, host, req);
+    };
+    let table = &snapshot.services.get(vip)?.table;
+    let path = std::str::from_utf8(req.path_only()).ok()?;
+    table
+        .entries
+        .iter()
+        .find(|e| matches(&e.matcher, path, req))
+}
+
 /// HTTPS: the TLS server name and the Host select different listeners of the
 /// port (the connection's certificate was chosen for another listener), which
 /// calls for 421 Misdirected Request.

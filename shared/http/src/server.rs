@@ -33,6 +33,10 @@ pub(crate) struct Client<S> {
     /// The TLS SNI (lower-case) on HTTPS connections: a request whose Host
     /// selects another listener of the port than the SNI did gets 421.
     pub sni: Option<Box<str>>,
+    /// Waypoint: the Service `VIP:port` the HBONE tunnel carrying this
+    /// connection was opened for; requests are routed with that Service's
+    /// table (GAMMA) instead of by port and Host.
+    pub service: Option<SocketAddr>,
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
@@ -57,6 +61,7 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
         "http",
         None,
         h2c,
+        None,
     )
     .await;
     if let Some(io) = handed_over {
@@ -114,7 +119,30 @@ pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
     scheme: &'static str,
     sni: Option<Box<str>>,
 ) {
-    serve_connection(handler, stream, peer, port, drain, scheme, sni, false).await;
+    serve_connection(handler, stream, peer, port, drain, scheme, sni, false, None).await;
+}
+
+/// Waypoint: HTTP/1.1 over a tunnel opened for Service `service` (VIP:port).
+pub(crate) async fn serve_service_stream<S: ClientStream>(
+    handler: Rc<HttpHandler>,
+    stream: S,
+    peer: SocketAddr,
+    service: SocketAddr,
+    drain: Drain,
+) {
+    let port = service.port();
+    serve_connection(
+        handler,
+        stream,
+        peer,
+        port,
+        drain,
+        "http",
+        None,
+        false,
+        Some(service),
+    )
+    .await;
 }
 
 /// The HTTP/1.1 connection loop. With `h2c`, a connection that opens with
@@ -130,6 +158,7 @@ async fn serve_connection<S: ClientStream>(
     scheme: &'static str,
     sni: Option<Box<str>>,
     h2c: bool,
+    service: Option<SocketAddr>,
 ) -> Option<Io<S>> {
     handler.metrics.connection_opened();
     let mut client = Client {
@@ -141,6 +170,7 @@ async fn serve_connection<S: ClientStream>(
         wbuf: BytesMut::with_capacity(4096),
         scratch: BytesMut::new(),
         sni,
+        service,
     };
     let mut first = true;
     loop {

@@ -1,5 +1,6 @@
 //! Upstream (backend) side: connection pool and backend selection.
 
+pub mod connect;
 pub(crate) mod exchange;
 pub mod h2pool;
 pub(crate) mod head;

@@ -48,7 +48,9 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
-            if (always_probe || c.since.elapsed() > PROBE_AFTER) && !is_alive(&c.io.stream) {
+            if (always_probe || c.since.elapsed() > PROBE_AFTER)
+                && !c.io.stream.tcp().is_none_or(is_alive)
+            {
                 continue;
             }
             return Some(c.io);
@@ -88,13 +90,10 @@ impl Pool {
     }
 }
 
+/// A new connection: TCP, or an HBONE tunnel on workers set up for it
+/// (see [`super::connect`]).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
-    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    };
-    stream.set_nodelay(true)?;
-    Ok(Io::new(stream))
+    super::connect::connect(addr, timeout).await
 }
 
 /// An idle HTTP connection must have nothing to read: EOF means the peer

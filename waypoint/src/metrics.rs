@@ -1,0 +1,142 @@
+//! `/metrics`: the engine's per-request counters with the waypoint's Istio
+//! labels (`reporter="waypoint"`), plus the HBONE listener's counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mesh_http::metrics::{Destination, DURATION_BUCKETS_MS};
+use mesh_http::HttpMetrics;
+
+pub struct WaypointMetrics {
+    pub http: Arc<HttpMetrics>,
+    /// `namespace/name` of this waypoint.
+    pub waypoint: String,
+    /// HBONE connections whose mTLS handshake completed.
+    pub hbone_connections: AtomicU64,
+    /// Handshakes refused (no or untrusted client certificate, garbage).
+    pub tls_refused: AtomicU64,
+    /// CONNECTs for an address that is no Service bound to this waypoint.
+    pub unknown_destination: AtomicU64,
+}
+
+impl WaypointMetrics {
+    pub fn new(http: Arc<HttpMetrics>, waypoint: String) -> Self {
+        Self {
+            http,
+            waypoint,
+            hbone_connections: AtomicU64::new(0),
+            tls_refused: AtomicU64::new(0),
+            unknown_destination: AtomicU64::new(0),
+        }
+    }
+
+    fn labels(&self, out: &mut String, d: &Destination, code: u16) {
+        let _ = write!(
+            out,
+            "reporter=\"waypoint\",source_workload=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{code}\",request_protocol=\"http\",waypoint=\"{}\"",
+            escape(&d.service),
+            escape(&d.name),
+            escape(&d.namespace),
+            escape(&self.waypoint),
+        );
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl mesh_runtime::MetricsSource for WaypointMetrics {
+    fn render(&self, out: &mut String) {
+        let requests = self.http.requests();
+        out.push_str("# HELP istio_requests_total Requests served by the waypoint.\n# TYPE istio_requests_total counter\n");
+        for ((d, code), s) in &requests {
+            out.push_str("istio_requests_total{");
+            self.labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.count);
+        }
+        out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
+        for ((d, code), s) in &requests {
+            let mut cumulative = 0;
+            for (i, n) in s.buckets.iter().enumerate() {
+                cumulative += n;
+                out.push_str("istio_request_duration_milliseconds_bucket{");
+                self.labels(out, d, *code);
+                match DURATION_BUCKETS_MS.get(i) {
+                    Some(le) => {
+                        let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
+                    }
+                    None => {
+                        let _ = writeln!(out, ",le=\"+Inf\"}} {cumulative}");
+                    }
+                }
+            }
+            out.push_str("istio_request_duration_milliseconds_sum{");
+            self.labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.sum_ms);
+            out.push_str("istio_request_duration_milliseconds_count{");
+            self.labels(out, d, *code);
+            let _ = writeln!(out, "}} {}", s.count);
+        }
+        let counters = [
+            (
+                "ringmesh_waypoint_hbone_connections_total",
+                "HBONE connections accepted (mTLS done)",
+                &self.hbone_connections,
+            ),
+            (
+                "ringmesh_waypoint_tls_refused_total",
+                "HBONE TLS handshakes refused",
+                &self.tls_refused,
+            ),
+            (
+                "ringmesh_waypoint_unknown_destination_total",
+                "CONNECTs refused because the authority is no Service of this waypoint",
+                &self.unknown_destination,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_runtime::MetricsSource;
+
+    use super::*;
+
+    #[test]
+    fn requests_are_summed_over_workers_with_the_waypoint_labels() {
+        let http = Arc::new(HttpMetrics::new(2));
+        let metrics = WaypointMetrics::new(http.clone(), "apps/waypoint".into());
+        http.workers[0].record_request(200, None, Duration::from_millis(2));
+        http.workers[1].record_request(200, None, Duration::from_millis(3));
+        metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .unwrap_or_else(|| panic!("no istio_requests_total in {out}"));
+        assert!(
+            line.starts_with("istio_requests_total{reporter=\"waypoint\""),
+            "{line}"
+        );
+        assert!(line.contains("waypoint=\"apps/waypoint\""), "{line}");
+        assert!(line.contains("response_code=\"200\""), "{line}");
+        assert!(line.ends_with("} 2"), "{line}");
+        assert!(
+            out.contains("\nringmesh_waypoint_tls_refused_total 1\n"),
+            "{out}"
+        );
+    }
+}
