@@ -15,8 +15,8 @@ pub struct GatewayHandler {
 
 impl ConnectionHandler for GatewayHandler {
     async fn handle(self: Rc<Self>, conn: Accepted) {
-        if self.l4.serves(conn.port) {
-            self.l4.clone().handle(conn).await
+        if let Some(port) = self.l4.l4_port(conn.port) {
+            self.l4.clone().handle(conn, port).await
         } else {
             self.http.clone().handle(conn).await
         }

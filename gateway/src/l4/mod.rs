@@ -14,7 +14,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_registry::{BackendTarget, Cluster, L4Route, ListenerProtocol, SnapshotHandle};
+use mesh_registry::{
+    BackendTarget, Cluster, L4Route, ListenerProtocol, PortConfig, SnapshotHandle,
+};
 use mesh_runtime::Accepted;
 use monoio::net::TcpStream;
 
@@ -76,25 +78,24 @@ impl L4Handler {
         }
     }
 
-    /// Whether `port` is an L4 port in the current snapshot.
-    pub fn serves(&self, port: u16) -> bool {
-        self.snapshots.load().ports.get(&port).is_some_and(|p| {
-            matches!(
-                p.protocol,
-                ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp
-            )
-        })
+    /// The port's configuration when it is a TLS passthrough or TCP port in
+    /// the current snapshot (read once per connection).
+    pub fn l4_port(&self, port: u16) -> Option<Arc<PortConfig>> {
+        self.snapshots
+            .load()
+            .ports
+            .get(&port)
+            .filter(|p| p.listeners.l4.is_some())
+            .cloned()
     }
 
-    pub async fn handle(self: Rc<Self>, conn: Accepted) {
-        let port = self.snapshots.load().ports.get(&conn.port).cloned();
-        let Some(port) = port else { return };
-        let Some(routes) = port.listeners.l4.clone() else {
+    pub async fn handle(self: Rc<Self>, conn: Accepted, port: Arc<PortConfig>) {
+        let Some(routes) = port.listeners.l4.as_deref() else {
             return;
         };
         match port.protocol {
-            ListenerProtocol::TlsPassthrough => passthrough::serve(&self, conn, &routes).await,
-            _ => tcp::serve(&self, conn, &routes).await,
+            ListenerProtocol::TlsPassthrough => passthrough::serve(&self, conn, routes).await,
+            _ => tcp::serve(&self, conn, routes).await,
         }
     }
 
