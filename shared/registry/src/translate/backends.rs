@@ -67,6 +67,8 @@ pub struct BackendResolver<'a> {
     /// (namespace, service name) → its EndpointSlices.
     slices: HashMap<(&'a str, &'a str), Vec<&'a Object<EndpointSlice>>>,
     clusters: HashMap<ClusterKey, Arc<Cluster>>,
+    /// DestinationRules: each new cluster gets its host's traffic policy.
+    rules: super::destination_rules::DestinationRules<'a>,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -84,6 +86,7 @@ impl<'a> BackendResolver<'a> {
             resources,
             slices,
             clusters: HashMap::new(),
+            rules: super::destination_rules::DestinationRules::new(resources),
         }
     }
 
@@ -217,7 +220,7 @@ impl<'a> BackendResolver<'a> {
                 RefProblem::NotFound(format!("Service {namespace}/{name} has no port {port}"))
             })?;
         let endpoints = self.service_endpoints(namespace, name, &svc.spec, svc_port);
-        let cluster = Arc::new(Cluster {
+        let mut cluster = Cluster {
             name: format!("{namespace}/{name}:{port}"),
             service: ObjectRef {
                 namespace: namespace.to_string(),
@@ -227,7 +230,9 @@ impl<'a> BackendResolver<'a> {
             endpoints,
             protocol: UpstreamProtocol::from_app_protocol(svc_port.app_protocol.as_deref()),
             policy: Default::default(),
-        });
+        };
+        cluster.policy = self.rules.service_policy(namespace, name, &cluster);
+        let cluster = Arc::new(cluster);
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
     }
@@ -329,7 +334,7 @@ impl<'a> BackendResolver<'a> {
             .first()
             .cloned()
             .unwrap_or_else(|| name.clone());
-        let cluster = Arc::new(Cluster {
+        let mut cluster = Cluster {
             name: format!("{namespace}/{host}:{port}"),
             service: ObjectRef {
                 namespace: namespace.clone(),
@@ -339,7 +344,11 @@ impl<'a> BackendResolver<'a> {
             endpoints,
             protocol: UpstreamProtocol::from_app_protocol(se_port.protocol.as_deref()),
             policy: Default::default(),
-        });
+        };
+        cluster.policy = self
+            .rules
+            .service_entry_policy(namespace, &se.spec.hosts, &cluster);
+        let cluster = Arc::new(cluster);
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
     }

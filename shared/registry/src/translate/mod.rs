@@ -10,6 +10,7 @@
 mod backends;
 mod certificates;
 mod conditions;
+pub mod destination_rules;
 mod duration;
 mod filters;
 mod grpc;
