@@ -159,6 +159,10 @@ pub(crate) async fn handle<S: ClientStream>(
         )
         .await;
     }
+    if cluster.protocol == mesh_registry::UpstreamProtocol::H2c {
+        // appProtocol h2c/grpc: the backend speaks HTTP/2 (h2/from_h1.rs).
+        return crate::h2::from_h1::forward(h, c, req, reader, rule, &cluster, plan, start).await;
+    }
     forward(h, c, req, reader, rule, &cluster, plan, start).await
 }
 

@@ -412,3 +412,52 @@ fn traffic_policy_applies_to_http2_streams() {
         assert_eq!(r.status, 200);
     });
 }
+
+/// Reads one chunked HTTP/1.1 response with trailers from `s`, raw.
+fn read_chunked_with_trailers(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(i) = text.find("\r\n0\r\n") {
+            if text[i + 5..].contains("\r\n\r\n") || text[i + 5..].starts_with("\r\n") {
+                return text.into_owned();
+            }
+        }
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed early: {text}");
+        buf.push(byte[0]);
+    }
+}
+
+#[test]
+fn http1_clients_reach_an_h2c_backend_with_trailers_as_chunked_trailers() {
+    use std::io::Write;
+    let backend_addr = h2c_backend();
+    let gw = simple_gateway(&h2c_cluster("grpc", backend_addr));
+    let mut s = gw.connect();
+    for round in 0..2 {
+        write!(
+            s,
+            "POST /echo.Echo/Say HTTP/1.1\r\nhost: h1.test\r\ncontent-type: application/grpc\r\nte: trailers\r\ncontent-length: 5\r\n\r\nhello"
+        )
+        .unwrap();
+        let text = read_chunked_with_trailers(&mut s);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("x-seen-te: trailers\r\n"), "{text}");
+        assert!(text.contains("x-seen-authority: h1.test\r\n"), "{text}");
+        assert!(text.contains("\r\n5\r\nhello\r\n0\r\n"), "{text}");
+        assert!(text.contains("grpc-status: 0\r\n"), "round {round}: {text}");
+        assert!(text.contains("x-echo-bytes: 5\r\n"), "{text}");
+    }
+    // Unknown length from the client: chunked in, streamed to the backend.
+    write!(
+        s,
+        "POST /echo.Echo/Stream HTTP/1.1\r\nhost: h1.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    let text = read_chunked_with_trailers(&mut s);
+    assert!(text.contains("x-echo-bytes: 7\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}

@@ -18,6 +18,7 @@
 //! flood SETTINGS/PING or reset most of their streams.
 
 mod body;
+pub(crate) mod from_h1;
 pub mod grpc;
 pub mod guard;
 mod handle;

@@ -143,24 +143,27 @@ pub(crate) async fn forward(
         .record_request(status, Some(cluster), s.start.elapsed());
 }
 
-enum Failure {
+pub(super) enum Failure {
     Connect,
     Reset,
     Timeout,
+    /// The HTTP/1.1 client's request body failed (from_h1 only).
+    Client(crate::body::BodyError),
 }
 
 impl Failure {
-    fn result(&self) -> UpstreamResult {
+    pub(super) fn result(&self) -> UpstreamResult {
         match self {
-            Failure::Connect => UpstreamResult::ConnectFailure,
+            Failure::Connect | Failure::Client(_) => UpstreamResult::ConnectFailure,
             Failure::Reset => UpstreamResult::Reset,
             Failure::Timeout => UpstreamResult::Timeout,
         }
     }
 
-    fn answer(&self) -> (u16, &'static str) {
+    pub(super) fn answer(&self) -> (u16, &'static str) {
         match self {
             Failure::Timeout => (504, "upstream request timeout\n"),
+            Failure::Client(_) => (400, "request body failed\n"),
             Failure::Connect | Failure::Reset => {
                 (502, "upstream connect error or reset before headers\n")
             }
@@ -172,7 +175,7 @@ type Opened = (h2::client::ResponseFuture, Option<SendStream<Bytes>>);
 
 /// Opens the upstream stream: pooled connection first; a connection that
 /// turns out dead or refuses the stream is replaced once.
-async fn open_stream(
+pub(super) async fn open_stream(
     h: &HttpHandler,
     addr: SocketAddr,
     request: (http::Method, Uri, http::HeaderMap),
@@ -262,7 +265,7 @@ async fn pump(mut from: RecvStream, mut to: SendStream<Bytes>) {
 
 /// The request as sent upstream over h2: hop-by-hop fields dropped (`te:
 /// trailers` kept, gRPC needs it), forwarding headers added.
-fn upstream_request(
+pub(super) fn upstream_request(
     h: &HttpHandler,
     req: &RequestHead,
     client_ip: std::net::IpAddr,
