@@ -420,3 +420,92 @@ impl mesh_runtime::MetricsSource for XdsMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::istio::workload::{address, Workload};
+    use mesh_xds::VersionedResource;
+
+    fn set_with(addresses: Vec<(&str, mesh_api::prost_types::Any)>) -> ResourceSet {
+        let held = addresses
+            .into_iter()
+            .map(|(name, resource)| {
+                (
+                    name.to_string(),
+                    VersionedResource {
+                        version: "1".into(),
+                        resource,
+                    },
+                )
+            })
+            .collect();
+        ResourceSet::from([(type_url::ADDRESS.to_string(), held)])
+    }
+
+    fn workload(name: &str, address: Vec<u8>) -> mesh_api::prost_types::Any {
+        mesh_api::to_any(
+            type_url::ADDRESS,
+            &Address {
+                r#type: Some(address::Type::Workload(Workload {
+                    uid: format!("Kubernetes//Pod/apps/{name}"),
+                    name: name.into(),
+                    namespace: "apps".into(),
+                    addresses: vec![address],
+                    node: "node1".into(),
+                    tunnel_protocol: mesh_api::istio::workload::TunnelProtocol::Hbone as i32,
+                    ..Default::default()
+                })),
+            },
+        )
+    }
+
+    #[test]
+    fn a_usable_set_becomes_a_registry_with_local_netns() {
+        let local = LocalNetns::from([(("apps".into(), "a".into()), "/run/netns/a".into())]);
+        let set = set_with(vec![("a", workload("a", vec![10, 0, 0, 1]))]);
+        let registry = registry_of(&set, "cluster.local", &local).unwrap();
+        let captured = registry.captured_on_node("node1");
+        assert_eq!(captured.len(), 1);
+        assert_eq!(
+            captured[0].netns.as_deref(),
+            Some(Path::new("/run/netns/a"))
+        );
+        assert_eq!(
+            captured[0].identity,
+            "spiffe://cluster.local/ns/apps/sa/default"
+        );
+    }
+
+    #[test]
+    fn an_unusable_resource_is_an_error_naming_it() {
+        let set = set_with(vec![
+            ("a", workload("a", vec![10, 0, 0, 1])),
+            ("b", workload("b", vec![1, 2])),
+        ]);
+        let err = registry_of(&set, "cluster.local", &LocalNetns::new()).unwrap_err();
+        assert!(err.contains("apps/b") && err.contains("2 bytes"), "{err}");
+        let garbage = set_with(vec![(
+            "junk",
+            mesh_api::prost_types::Any {
+                type_url: type_url::ADDRESS.into(),
+                value: vec![0xff, 0xff, 0xff],
+            },
+        )]);
+        let err = registry_of(&garbage, "cluster.local", &LocalNetns::new()).unwrap_err();
+        assert!(err.contains("junk"), "{err}");
+    }
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(
+            normalize_address("10.0.0.1:15010", false),
+            "http://10.0.0.1:15010"
+        );
+        assert_eq!(
+            normalize_address("10.0.0.1:15012", true),
+            "https://10.0.0.1:15012"
+        );
+        assert_eq!(normalize_address("https://c:1", false), "https://c:1");
+    }
+}
