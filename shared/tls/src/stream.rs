@@ -220,7 +220,7 @@ impl TlsStream {
     /// `poll_write`/`poll_flush` send them.
     fn feed_rustls(&mut self, cx: &mut Context<'_>) -> Result<bool, rustls::Error> {
         if self.read_pos < self.read_len {
-            let mut pending = &self.read_buf[self.read_pos..self.read_len];
+            let mut pending = fastcopy::SliceReader(&self.read_buf[self.read_pos..self.read_len]);
             match self.conn.read_tls(&mut pending) {
                 // rustls took nothing from a non-empty buffer: it would never make progress.
                 Ok(0) => return Err(rustls::Error::General("TLS input not accepted".into())),
@@ -353,7 +353,8 @@ impl AsyncRead for TlsStream {
         }
         loop {
             // Copy decrypted plaintext straight into the caller's buffer (no zeroing of its
-            // spare capacity first: h2 reads into large uninitialised buffers).
+            // spare capacity first: h2 reads into large uninitialised buffers), avoiding the
+            // slow relative alignments (see `fastcopy`).
             let mut reader = this.conn.reader();
             let mut copied = false;
             loop {
@@ -362,7 +363,7 @@ impl AsyncRead for TlsStream {
                     Ok([]) => return Poll::Ready(Ok(())),
                     Ok(chunk) => {
                         let n = chunk.len().min(buf.remaining());
-                        buf.put_slice(&chunk[..n]);
+                        fastcopy::put_slice(buf, &chunk[..n]);
                         reader.consume(n);
                         copied = true;
                         if buf.remaining() == 0 {
@@ -458,5 +459,139 @@ impl AsyncWrite for TlsStream {
             this.tcp_write_shut = true;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Copies that avoid a pathological case of `rep movsb`, which glibc's `memcpy` uses for
+/// copies of a few KiB and more: on the AMD EPYC machines we measure on, a copy whose
+/// destination is 1 to 31 bytes past its source modulo 64 runs at ~1.5 GB/s instead of
+/// 20-30 GB/s (a 16 KiB copy: 1.1-1.7 GB/s at those offsets, 16-36 GB/s at every other).
+/// TLS shifts data by odd amounts (5-byte record headers, 9-byte h2 frame headers), so about
+/// half of the large copies on the receive path hit it. Such a copy goes through a staging
+/// buffer instead: two copies at fast offsets (32 bytes, then the rest) cost far less than
+/// one slow copy. Everything else is a plain `copy_from_slice`.
+mod fastcopy {
+    use std::cell::RefCell;
+    use std::io;
+    use std::mem::MaybeUninit;
+
+    use tokio::io::ReadBuf;
+
+    /// Below this, memcpy does not use `rep movsb` and every offset is fast.
+    const MIN_STAGED: usize = 2048;
+    /// Staging buffer size (per thread); longer copies go in pieces.
+    const STAGE: usize = 64 * 1024;
+
+    thread_local! {
+        static STAGING: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; STAGE + 64].into_boxed_slice());
+    }
+
+    fn slow_offset(dst: *const u8, src: *const u8) -> bool {
+        let delta = (dst as usize).wrapping_sub(src as usize) % 64;
+        (1..32).contains(&delta)
+    }
+
+    /// Copies `src` into `dst` (same length, not overlapping).
+    pub(super) fn copy(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
+        assert_eq!(dst.len(), src.len());
+        let dst_ptr = dst.as_mut_ptr().cast::<u8>();
+        if src.len() < MIN_STAGED || !slow_offset(dst_ptr, src.as_ptr()) {
+            // SAFETY: `dst` is valid for `src.len()` writes (same length, asserted), and a
+            // `&mut` cannot alias the shared `src`.
+            unsafe { dst_ptr.copy_from_nonoverlapping(src.as_ptr(), src.len()) };
+            return;
+        }
+        STAGING.with(|staging| {
+            let mut staging = staging.borrow_mut();
+            let base = staging.as_mut_ptr();
+            // Place the staging copy 32 bytes past the source modulo 64: both hops fast.
+            let pad = (32 + 64 + (src.as_ptr() as usize % 64) - (base as usize % 64)) % 64;
+            let mut done = 0;
+            while done < src.len() {
+                let n = (src.len() - done).min(STAGE);
+                // SAFETY: `pad + n <= 63 + STAGE`, inside the staging buffer (STAGE + 64),
+                // which this thread borrows exclusively; `src[done..done + n]` and
+                // `dst[done..done + n]` are in bounds (same lengths); the three regions are
+                // distinct allocations or `&mut`/`&` borrows, so they do not overlap.
+                unsafe {
+                    let stage = base.add(pad);
+                    stage.copy_from_nonoverlapping(src.as_ptr().add(done), n);
+                    dst_ptr.add(done).copy_from_nonoverlapping(stage, n);
+                }
+                done += n;
+            }
+        });
+    }
+
+    /// `buf.put_slice(src)` through [`copy`].
+    pub(super) fn put_slice(buf: &mut ReadBuf<'_>, src: &[u8]) {
+        // SAFETY: we only write initialised bytes into the first `src.len()` unfilled bytes
+        // (put_slice's own precondition: `src.len() <= remaining`, checked by the slice
+        // index), then mark exactly those initialised and filled.
+        unsafe {
+            let unfilled = &mut buf.unfilled_mut()[..src.len()];
+            copy(unfilled, src);
+            buf.assume_init(src.len());
+        }
+        buf.advance(src.len());
+    }
+
+    /// A `Read` over a byte slice whose copies go through [`copy`] (rustls' `read_tls`
+    /// copies our ciphertext into its record buffer at whatever offset it has reached).
+    pub(super) struct SliceReader<'a>(pub(super) &'a [u8]);
+
+    impl io::Read for SliceReader<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.0.len());
+            let (head, rest) = self.0.split_at(n);
+            // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout; an initialised
+            // `&mut [u8]` may be viewed as `&mut [MaybeUninit<u8>]` for writing bytes.
+            let out = unsafe { &mut *(&mut out[..n] as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            copy(out, head);
+            self.0 = rest;
+            Ok(n)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Every offset pair and a length that needs pieces: the bytes arrive intact.
+        #[test]
+        fn copies_exactly_at_every_offset() {
+            let src: Vec<u8> = (0..STAGE * 2 + 4096)
+                .map(|i| (i * 7 + i / 251) as u8)
+                .collect();
+            for src_off in [0usize, 5, 9, 31, 32, 63] {
+                for dst_off in [0usize, 1, 14, 31, 32, 33, 63] {
+                    for len in [0usize, 100, MIN_STAGED + 3, 16 * 1024 + 5, STAGE * 2 + 7] {
+                        let input = &src[src_off..src_off + len];
+                        let mut out = vec![0u8; len + 64];
+                        let mut reader = SliceReader(input);
+                        let n =
+                            io::Read::read(&mut reader, &mut out[dst_off..dst_off + len]).unwrap();
+                        assert_eq!(n, len);
+                        assert_eq!(
+                            &out[dst_off..dst_off + len],
+                            input,
+                            "src {src_off} dst {dst_off} len {len}"
+                        );
+                        assert!(out[..dst_off].iter().all(|&b| b == 0));
+                        assert!(out[dst_off + len..].iter().all(|&b| b == 0));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn put_slice_fills_the_read_buf() {
+            let src: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+            let mut storage = vec![MaybeUninit::<u8>::uninit(); 30_000];
+            let mut buf = ReadBuf::uninit(&mut storage[3..]);
+            put_slice(&mut buf, &src[1..10_001]);
+            put_slice(&mut buf, &src[10_001..]);
+            assert_eq!(buf.filled(), &src[1..]);
+        }
     }
 }
