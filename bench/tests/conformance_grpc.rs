@@ -4,7 +4,8 @@
 //!   is UNIMPLEMENTED;
 //! - `bench conformance` on a vector folder written here (no ../shared needed): a
 //!   GRPCRoute with exact and regular-expression method matches, header modifiers both
-//!   ways and an unmatched method, through the real `gateway` over h2c (the route also
+//!   ways, an unmatched method and weighted backends (3:1:0), through the real `gateway`
+//!   over h2c (the first route also
 //!   has a mirror, which must not disturb the call; that the mirror backend receives a
 //!   copy is not asserted: the engine mirrors over HTTP/1.1 only, and the gRPC echo
 //!   speaks h2c);
@@ -252,6 +253,46 @@ cases:
     grpc_status: UNIMPLEMENTED
 "#;
 
+const WEIGHT: &str = r#"
+schema_version: 1
+test: GRPCRouteWeightLocal
+features: [Gateway, GRPCRoute]
+target:
+  gateway: grpc-test/gw
+  listener: {port: 80, protocol: HTTP}
+  scheme: h2c-grpc
+manifests:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: GRPCRoute
+  metadata: {name: weighted, namespace: grpc-test}
+  spec:
+    parentRefs: [{name: gw}]
+    rules:
+    - backendRefs:
+      - {name: grpc-v1, port: 8080, weight: 3}
+      - {name: grpc-v2, port: 8080, weight: 1}
+      - {name: grpc-mirror, port: 8080, weight: 0}
+cases:
+- id: 0
+  request:
+    grpc_method: /gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo
+  expect:
+    grpc_status: OK
+    backend_namespace: grpc-test
+- id: 1
+  kind: distribution
+  request:
+    grpc_method: /gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo
+  samples: 400
+  concurrency: 8
+  tolerance_abs: 0.06
+  max_attempts: 10
+  expect:
+    backend_namespace: grpc-test
+    backend_fractions: {grpc-v1: 0.75, grpc-v2: 0.25, grpc-mirror: 0.0}
+    backends_receiving_traffic: 2
+"#;
+
 #[test]
 fn grpcroute_features_through_the_gateway() {
     let dir = std::env::temp_dir().join(format!("ringmesh-grpc-vectors-{}", std::process::id()));
@@ -259,6 +300,7 @@ fn grpcroute_features_through_the_gateway() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("_environment.yaml"), ENVIRONMENT).unwrap();
     std::fs::write(dir.join("grpcroute-features.yaml"), FEATURES).unwrap();
+    std::fs::write(dir.join("grpcroute-weight.yaml"), WEIGHT).unwrap();
     // A wrong expectation must fail (the checks can fail): claim v1 serves EchoTwo.
     let wrong = FEATURES.replacen("backend: grpc-v2", "backend: grpc-v1", 1);
     let wrong_dir = dir.join("wrong");
@@ -271,8 +313,9 @@ fn grpcroute_features_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "{stdout}");
     assert!(stdout.contains("PASS GRPCRouteFeatures 3/3"), "{stdout}");
+    assert!(stdout.contains("PASS GRPCRouteWeightLocal 2/2"), "{stdout}");
     assert!(
-        stdout.contains("3 passed, 0 failed (0 skipped)"),
+        stdout.contains("5 passed, 0 failed (0 skipped)"),
         "{stdout}"
     );
     assert!(!wrong_ok, "{wrong_stdout}");

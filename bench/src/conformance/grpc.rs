@@ -43,7 +43,78 @@ pub fn method_path(value: &Value) -> Result<String, String> {
     }
 }
 
-/// Calls `path` on the gateway's `port` with `metadata`; `host` overrides `:authority`.
+/// One HTTP/2 connection to the gateway, for several calls (distribution samples).
+pub struct GrpcClient {
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+}
+
+impl GrpcClient {
+    pub async fn connect(port: u16, host: Option<&str>, timeout: Duration) -> Result<Self, String> {
+        let address = if port == 80 {
+            "http://127.0.0.1".to_string()
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address)
+            .map_err(|e| format!("endpoint: {e}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        if let Some(host) = host {
+            let origin = http::Uri::from_str(&format!("http://{host}"))
+                .map_err(|e| format!("host {host:?}: {e}"))?;
+            endpoint = endpoint.origin(origin);
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            format!(
+                "connecting to the gateway on port {port} (h2c): {}",
+                chain(&e)
+            )
+        })?;
+        Ok(GrpcClient {
+            grpc: tonic::client::Grpc::new(channel),
+        })
+    }
+
+    /// One unary call of `path` with `metadata`.
+    pub async fn call(
+        &self,
+        path: &str,
+        metadata: &[(String, String)],
+    ) -> Result<GrpcReply, String> {
+        // A Channel clone shares the connection.
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| format!("gRPC channel not ready: {}", chain(&e)))?;
+        let mut request = tonic::Request::new(EchoRequest {});
+        for (name, value) in metadata {
+            let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|e| format!("metadata name {name:?}: {e}"))?;
+            let value = MetadataValue::try_from(value.as_str())
+                .map_err(|e| format!("metadata value {value:?}: {e}"))?;
+            request.metadata_mut().append(key, value);
+        }
+        let path = PathAndQuery::from_str(path).map_err(|e| format!("method {path:?}: {e}"))?;
+        let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
+        Ok(match grpc.unary(request, path, codec).await {
+            Ok(response) => GrpcReply {
+                code: tonic::Code::Ok,
+                message: String::new(),
+                metadata: metadata_pairs(response.metadata()),
+                response: Some(response.into_inner()),
+            },
+            Err(status) => GrpcReply {
+                code: status.code(),
+                message: status.message().to_string(),
+                metadata: metadata_pairs(status.metadata()),
+                response: None,
+            },
+        })
+    }
+}
+
+/// Calls `path` on the gateway's `port` with `metadata` on a new connection; `host`
+/// overrides `:authority`.
 pub fn call(
     port: u16,
     host: Option<&str>,
@@ -65,55 +136,10 @@ async fn call_async(
     metadata: &[(String, String)],
     timeout: Duration,
 ) -> Result<GrpcReply, String> {
-    // The harness's Host: the gateway address, port omitted when it is 80.
-    let address = if port == 80 {
-        "http://127.0.0.1".to_string()
-    } else {
-        format!("http://127.0.0.1:{port}")
-    };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(address)
-        .map_err(|e| format!("endpoint: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    if let Some(host) = host {
-        let origin = http::Uri::from_str(&format!("http://{host}"))
-            .map_err(|e| format!("host {host:?}: {e}"))?;
-        endpoint = endpoint.origin(origin);
-    }
-    let channel = endpoint.connect().await.map_err(|e| {
-        format!(
-            "connecting to the gateway on port {port} (h2c): {}",
-            chain(&e)
-        )
-    })?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
+    GrpcClient::connect(port, host, timeout)
+        .await?
+        .call(path, metadata)
         .await
-        .map_err(|e| format!("gRPC channel not ready: {}", chain(&e)))?;
-    let mut request = tonic::Request::new(EchoRequest {});
-    for (name, value) in metadata {
-        let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
-            .map_err(|e| format!("metadata name {name:?}: {e}"))?;
-        let value = MetadataValue::try_from(value.as_str())
-            .map_err(|e| format!("metadata value {value:?}: {e}"))?;
-        request.metadata_mut().append(key, value);
-    }
-    let path = PathAndQuery::from_str(path).map_err(|e| format!("method {path:?}: {e}"))?;
-    let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
-    match grpc.unary(request, path, codec).await {
-        Ok(response) => Ok(GrpcReply {
-            code: tonic::Code::Ok,
-            message: String::new(),
-            metadata: metadata_pairs(response.metadata()),
-            response: Some(response.into_inner()),
-        }),
-        Err(status) => Ok(GrpcReply {
-            code: status.code(),
-            message: status.message().to_string(),
-            metadata: metadata_pairs(status.metadata()),
-            response: None,
-        }),
-    }
 }
 
 fn metadata_pairs(map: &tonic::metadata::MetadataMap) -> Vec<(String, String)> {

@@ -264,7 +264,12 @@ fn run_distribution(case: &Case, target: &mut Target<'_>) -> Result<(), String> 
         if let Some(exit) = target.gateway.guard.exited() {
             return Err(exit);
         }
-        match distribution_attempt(case, target.port, &target.scheme, samples, concurrency) {
+        let attempt = if case.request.grpc_method.is_some() {
+            grpc_distribution_attempt(case, target.port, samples, concurrency)
+        } else {
+            distribution_attempt(case, target.port, &target.scheme, samples, concurrency)
+        };
+        match attempt {
             Ok(counts) => match checks::check_distribution(
                 &counts,
                 &case.expect.backend_fractions,
@@ -335,6 +340,96 @@ fn distribution_attempt(
         }
     }
     Ok(counts)
+}
+
+/// A distribution attempt with gRPC calls: each call must succeed (status OK, the
+/// expected namespace); the serving pods are counted per backend.
+fn grpc_distribution_attempt(
+    case: &Case,
+    port: u16,
+    samples: usize,
+    concurrency: usize,
+) -> Result<BTreeMap<String, usize>, String> {
+    let method = case
+        .request
+        .grpc_method
+        .as_ref()
+        .map(super::grpc::method_path)
+        .transpose()?
+        .unwrap_or_default();
+    let per_task = samples.div_ceil(concurrency);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let results: Vec<Result<Vec<String>, String>> = runtime.block_on(async {
+        let tasks = (0..concurrency).map(|i| {
+            let count = per_task.min(samples.saturating_sub(i * per_task));
+            let method = method.clone();
+            async move {
+                let client = super::grpc::GrpcClient::connect(port, None, PROBE_TIMEOUT).await?;
+                let mut seen = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let uuid = uuid::Uuid::new_v4().to_string();
+                    let metadata: Vec<(String, String)> = case
+                        .request
+                        .metadata
+                        .iter()
+                        .map(|(n, v)| (n.clone(), substitute(v, &uuid)))
+                        .collect();
+                    let reply = client.call(&method, &metadata).await?;
+                    super::grpc::check(case, &reply)?;
+                    let pod = reply
+                        .response
+                        .as_ref()
+                        .and_then(|r| r.assertions.as_ref())
+                        .and_then(|a| a.context.as_ref())
+                        .map(|c| c.pod.clone())
+                        .unwrap_or_default();
+                    seen.push(checks::backend_identity(&pod));
+                }
+                Ok(seen)
+            }
+        });
+        futures_join_all(tasks).await
+    });
+    let mut counts = BTreeMap::new();
+    for result in results {
+        for backend in result? {
+            *counts.entry(backend).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs futures concurrently on the current task (no `futures` crate needed: a
+/// JoinSet needs 'static futures, these borrow the case).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outputs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }
 
 /// The gateway's `config_errors` from /status (for diagnosing failed cases).
