@@ -124,6 +124,18 @@ addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [10.0.2.2]}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-one, namespace: apps}
+spec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-one-1, namespace: apps, labels: {kubernetes.io/service-name: echo-one}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.1.3]}]
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo, namespace: apps}
@@ -132,6 +144,8 @@ spec:
   rules:
   - matches: [{path: {type: PathPrefix, value: /two}}]
     backendRefs: [{name: echo-two, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: echo-one, port: 80, weight: 80}, {name: echo-two, port: 80, weight: 20}]
   - filters:
     - type: RequestHeaderModifier
       requestHeaderModifier: {add: [{name: x-via-waypoint, value: "yes"}]}
@@ -222,6 +236,50 @@ fn get(pod: &Pod, to: &str, path: &str) -> std::io::Result<String> {
             Err(e) => return Err(e),
         }
         Ok(String::from_utf8_lossy(&out).to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+/// From inside `pod`: `n` GETs of `path` on one keep-alive connection to
+/// `to`; how many answers came from each pod.
+fn keep_alive_gets(pod: &Pod, to: &str, path: &str, n: usize) -> HashMap<String, usize> {
+    let to: SocketAddr = to.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: echo.apps\r\n\r\n");
+    in_netns(&pod.netns(), move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut counts = HashMap::new();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        for i in 0..n {
+            s.write_all(request.as_bytes()).unwrap();
+            // One response: its head, then content-length bytes of body.
+            let (head_end, body_len) = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    assert!(head.starts_with("http/1.1 200"), "response {i}: {head}");
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .expect("content-length");
+                    break (end + 4, len);
+                }
+                let got = s.read(&mut chunk).unwrap();
+                assert!(got > 0, "connection closed after {i} responses");
+                buf.extend_from_slice(&chunk[..got]);
+            };
+            while buf.len() < head_end + body_len {
+                let got = s.read(&mut chunk).unwrap();
+                assert!(got > 0, "connection closed mid-body after {i} responses");
+                buf.extend_from_slice(&chunk[..got]);
+            }
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + body_len]).to_string();
+            *counts.entry(pod_of(&body).to_string()).or_default() += 1;
+            buf.drain(..head_end + body_len);
+        }
+        counts
     })
     .join()
     .unwrap()
@@ -343,6 +401,17 @@ fn waypoint_topology_inside() {
         assert_eq!(pod_of(&response), "echo2", "{response}");
         assert!(!response.contains("x-via-waypoint"), "{response}");
     }
+
+    // 2b. A weighted split (80/20 between two single-pod Services), per
+    //     request on one keep-alive client connection: within ±5%.
+    let split = keep_alive_gets(&CLIENT, ECHO_VIP, "/split", 1000);
+    let one = split.get("echo1").copied().unwrap_or(0);
+    assert_eq!(
+        one + split.get("echo2").copied().unwrap_or(0),
+        1000,
+        "{split:?}"
+    );
+    assert!((750..=850).contains(&one), "80/20 split: {split:?}");
 
     // 3. The waypoint counted the requests with its Istio labels.
     let metrics = waypoint.metrics();
