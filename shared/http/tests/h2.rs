@@ -461,3 +461,43 @@ fn http1_clients_reach_an_h2c_backend_with_trailers_as_chunked_trailers() {
     assert!(text.contains("x-echo-bytes: 7\r\n"), "{text}");
     assert!(text.contains("connection: close\r\n"), "{text}");
 }
+
+#[test]
+fn drain_sends_goaway_and_lets_open_streams_finish() {
+    let up = upstream();
+    let gw = simple_gateway(&cluster("web", vec![up.addr]));
+    let url = format!("http://h2.test:{}", gw.addr.port());
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        // A slow request is in flight when the drain starts.
+        let slow = {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(
+                async move { send(&client, h2get(&format!("{url}/delay/400")), None, 0).await },
+            )
+        };
+        // Wait until the upstream has the request, then drain.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while up.seen.heads.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gw.drain.start();
+        let r = slow.await.unwrap();
+        assert_eq!(r.status, 200, "the in-flight stream finished");
+        // GOAWAY: the connection ends cleanly and refuses new streams.
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        let refused = match client.clone().ready().await {
+            Err(_) => true,
+            Ok(mut c) => c.send_request(h2get(&format!("{url}/late")), true).is_err(),
+        };
+        assert!(refused);
+    });
+}
