@@ -511,6 +511,26 @@ fn waypoint_topology_inside() {
         "{m1}"
     );
 
+    // 5b. Plain HTTP straight at the waypoint's HBONE port (no mTLS):
+    //     refused at the handshake and counted; the waypoint keeps serving.
+    let response = get(&CLIENT, "10.0.2.9:15008", "/").unwrap_or_default();
+    assert!(
+        !response.starts_with("HTTP/1.1"),
+        "no plaintext HTTP on 15008: {response:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(
+        &waypoint.metrics(),
+        "ringmesh_waypoint_tls_refused_total",
+        &[],
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "{}", waypoint.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let response = get(&CLIENT, ECHO_VIP, "/hello").unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+
     drop(waypoint);
     // 6. With the waypoint gone, the bound Service fails (no bypass to the pods).
     let response = get(&CLIENT, ECHO_VIP, "/hello").unwrap_or_default();
