@@ -152,3 +152,26 @@ fn listeners_added_and_removed_live_leave_other_connections_alone() {
     let (_, name) = tcp_connect(first).unwrap();
     assert_eq!(name, "echo");
 }
+
+#[test]
+fn bytes_flow_both_ways_on_the_epoll_driver_too() {
+    // Bytes are moved with splice(2): io_uring ops by default, the syscall on epoll.
+    let backend = tcp_backend("a");
+    let port = free_port();
+    let mut y = GATEWAY_CLASS.to_string();
+    y += &gateway(&[tcp_listener("tcp", port)]);
+    y += &service("a", backend);
+    y += &tcp_route("a", Some("tcp"), "{name: a, port: 8000}");
+    let config = TempConfig::new();
+    config.write("gw.yaml", &y);
+    let _gw = Gateway::with_config(config.path())
+        .arg("--io-driver")
+        .arg("epoll")
+        .start();
+    let (mut s, name) = tcp_connect(port).unwrap();
+    assert_eq!(name, "a");
+    echo(&mut s, "interactive").unwrap();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let back = send_and_finish(&mut s, &payload).unwrap();
+    assert!(back == payload, "echoed {} bytes", back.len());
+}

@@ -1,4 +1,4 @@
-//! Both directions of an L4 connection: bytes copied as they come, a FIN
+//! Both directions of an L4 connection: bytes spliced as they come, a FIN
 //! passed on as a write shutdown (half-close), an error in either direction
 //! ends both.
 
@@ -7,12 +7,9 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::splice::{SpliceDestination, SpliceSource};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-
-/// Per-direction buffer. Large enough for bulk transfers to batch well,
-/// small enough for many idle connections.
-const BUFFER: usize = 64 * 1024;
 
 /// Bytes moved, for the metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,30 +53,33 @@ pub async fn bidirectional(client: TcpStream, backend: TcpStream) -> Copied {
     }
 }
 
-/// Reads until EOF, writing everything; on EOF shuts the writer's sending
-/// half so the peer sees the FIN while the other direction continues.
-async fn one_way<R, W>(mut from: R, mut to: W, counter: &Cell<u64>) -> std::io::Result<()>
-where
-    R: AsyncReadRent,
-    W: AsyncWriteRent,
-{
-    let mut buf = Vec::with_capacity(BUFFER);
+/// Bytes moved per splice: a pipe's default capacity.
+const SPLICE_CHUNK: u32 = 64 * 1024;
+
+/// Moves bytes until EOF with splice(2) through a pipe (the payload never
+/// enters user space; io_uring ops, or plain splice on the epoll driver),
+/// then shuts the writer's sending half so the peer sees the FIN while the
+/// other direction continues. `counter` grows as bytes are read.
+async fn one_way(
+    mut from: OwnedReadHalf<TcpStream>,
+    mut to: OwnedWriteHalf<TcpStream>,
+    counter: &Cell<u64>,
+) -> std::io::Result<()> {
+    let (mut pipe_out, mut pipe_in) = monoio::net::unix::new_pipe()?;
     loop {
-        // monoio reads into the start of a Vec (it sets the length): start empty.
-        buf.clear();
-        let (result, b) = from.read(buf).await;
-        buf = b;
-        match result? {
-            0 => {
-                to.shutdown().await?;
-                return Ok(());
-            }
-            n => counter.set(counter.get() + n as u64),
+        let mut pending = from.splice_to_pipe(&mut pipe_in, SPLICE_CHUNK).await?;
+        if pending == 0 {
+            break;
         }
-        let (result, b) = to.write_all(buf).await;
-        buf = b;
-        result?;
+        counter.set(counter.get() + u64::from(pending));
+        while pending > 0 {
+            match to.splice_from_pipe(&mut pipe_out, pending).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => pending -= n,
+            }
+        }
     }
+    to.shutdown().await
 }
 
 /// Writes `bytes` (the buffered ClientHello) before the copy starts.

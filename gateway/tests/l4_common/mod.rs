@@ -183,12 +183,19 @@ pub fn echo(s: &mut TcpStream, line: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes, half-closes, and reads everything until the backend closes.
+/// Writes (from another thread, so that an echo cannot deadlock on full
+/// buffers), half-closes, and reads everything until the backend closes.
 pub fn send_and_finish(s: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    s.write_all(data)?;
-    s.shutdown(Shutdown::Write)?;
+    let mut writer = s.try_clone()?;
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&data)?;
+        writer.shutdown(Shutdown::Write)
+    });
     let mut rest = Vec::new();
-    s.read_to_end(&mut rest)?;
+    let read = s.read_to_end(&mut rest);
+    sender.join().expect("sender thread")?;
+    read?;
     Ok(rest)
 }
 
