@@ -280,6 +280,14 @@ cases:
     grpc_status: OK
     backend_namespace: grpc-test
 - id: 1
+  kind: route_status
+  route: grpc-test/weighted
+  parent: grpc-test/gw
+  expect:
+    conditions:
+    - {type: Accepted, status: "True", reason: Accepted}
+    - {type: ResolvedRefs, status: "True", reason: ResolvedRefs}
+- id: 2
   kind: distribution
   request:
     grpc_method: /gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo
@@ -313,9 +321,9 @@ fn grpcroute_features_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "{stdout}");
     assert!(stdout.contains("PASS GRPCRouteFeatures 3/3"), "{stdout}");
-    assert!(stdout.contains("PASS GRPCRouteWeightLocal 2/2"), "{stdout}");
+    assert!(stdout.contains("PASS GRPCRouteWeightLocal 3/3"), "{stdout}");
     assert!(
-        stdout.contains("5 passed, 0 failed (0 skipped)"),
+        stdout.contains("6 passed, 0 failed (0 skipped)"),
         "{stdout}"
     );
     assert!(!wrong_ok, "{wrong_stdout}");

@@ -409,6 +409,13 @@ fn run_test(
 }
 
 fn describe_case(case: &Case) -> String {
+    if let Some(method) = &case.request.grpc_method {
+        let method = grpc::method_path(method).unwrap_or_else(|e| e);
+        return match case.kind.as_deref() {
+            Some(kind) => format!(" [{kind} gRPC {method}]"),
+            None => format!(" [gRPC {method}]"),
+        };
+    }
     match case.kind.as_deref() {
         Some(kind) => format!(" [{kind}]"),
         None => {
