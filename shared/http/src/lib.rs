@@ -170,6 +170,7 @@ impl HttpHandler {
             sni: None,
             drain,
             active: Default::default(),
+            service: None,
         };
         h2::server::serve(self, io, conn, true)
     }

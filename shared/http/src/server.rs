@@ -94,6 +94,7 @@ async fn serve_h2c(
         sni: None,
         drain,
         active: Default::default(),
+        service: None,
     };
     let io = crate::h2::Rewind::new(rbuf.freeze(), stream);
     crate::h2::server::serve(handler, io, conn, false).await;
@@ -131,18 +132,35 @@ pub(crate) async fn serve_service_stream<S: ClientStream>(
     drain: Drain,
 ) {
     let port = service.port();
-    serve_connection(
-        handler,
+    let h2c = handler.options.h2.h2c_prior_knowledge;
+    let drain2 = drain.clone();
+    let handed_over = serve_connection(
+        handler.clone(),
         stream,
         peer,
         port,
         drain,
         "http",
         None,
-        false,
+        h2c,
         Some(service),
     )
     .await;
+    // gRPC and other HTTP/2 inside the tunnel: h2 over the tunnel's monoio
+    // stream through a poll-style adapter.
+    if let Some(Io { stream, rbuf }) = handed_over {
+        let conn = crate::h2::server::Conn {
+            peer,
+            port,
+            scheme: "http",
+            sni: None,
+            drain: drain2,
+            active: Default::default(),
+            service: Some(service),
+        };
+        let io = crate::h2::Rewind::new(rbuf.freeze(), crate::h2::poll_io::PollIo::new(stream));
+        crate::h2::server::serve(handler, io, conn, false).await;
+    }
 }
 
 /// The HTTP/1.1 connection loop. With `h2c`, a connection that opens with

@@ -501,3 +501,79 @@ fn drain_sends_goaway_and_lets_open_streams_finish() {
         assert!(refused);
     });
 }
+
+/// The waypoint's entry point: a stream opened for a Service VIP:port
+/// (`serve_service_stream`) that carries HTTP/2 (gRPC) is routed with that
+/// Service's table, whatever the :authority says.
+#[test]
+fn grpc_inside_a_service_scoped_stream_uses_the_service_table() {
+    use mesh_registry::service_routes::{ServiceRoute, ServiceRoutes};
+    use mesh_registry::{new_handle, RouteTable};
+    use std::rc::Rc;
+    let backend_addr = h2c_backend();
+    let c = h2c_cluster("grpc", backend_addr);
+    let vip: std::net::SocketAddr = "10.96.0.10:8080".parse().unwrap();
+    let mut snap = snapshot(1, vec![], vec![]);
+    snap.services = ServiceRoutes {
+        by_vip: [(
+            vip,
+            Arc::new(ServiceRoute {
+                service: obj("default", "grpc"),
+                port: 8080,
+                table: Arc::new(RouteTable {
+                    entries: vec![prefix("/", rule(vec![backend(&c, 1)], vec![]))],
+                }),
+                from_routes: false,
+            }),
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let snapshots = new_handle(snap);
+    let metrics = Arc::new(mesh_http::WorkerMetrics::default());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let m = metrics.clone();
+    std::thread::spawn(move || {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = monoio::net::TcpListener::from_std(listener).unwrap();
+            let handler = Rc::new(mesh_http::HttpHandler::new(snapshots, m, quick_options()));
+            let drain = mesh_runtime::Drain::new();
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                monoio::spawn(handler.clone().serve_service_stream(
+                    stream,
+                    peer,
+                    vip,
+                    drain.clone(),
+                ));
+            }
+        });
+    });
+    runtime().block_on(async {
+        let client = h2c_client(addr).await;
+        let req = Request::post("http://anything.example/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let r = send(&client, req, Some(b"through the waypoint"), 7).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"through the waypoint");
+        assert_eq!(r.trailers.unwrap()["grpc-status"], "0");
+    });
+    let ok: u64 = metrics
+        .requests()
+        .iter()
+        .filter(|((d, code), _)| d.name == "grpc" && *code == 200)
+        .map(|(_, s)| s.count)
+        .sum();
+    assert_eq!(ok, 1);
+}

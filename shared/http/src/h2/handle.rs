@@ -111,7 +111,7 @@ pub(crate) async fn serve_request(
             );
         }
     }
-    let Some(entry) = route::select(&snapshot, conn.port, &host, &req) else {
+    let Some(entry) = route::select_scoped(&snapshot, conn.service, conn.port, &host, &req) else {
         return s.local(404, &none, "no route\n", None);
     };
     let rule = &*entry.rule;

@@ -22,6 +22,7 @@ pub(crate) mod from_h1;
 pub mod grpc;
 pub mod guard;
 mod handle;
+pub(crate) mod poll_io;
 mod rewind;
 pub(crate) mod server;
 mod to_h1;

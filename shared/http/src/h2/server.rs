@@ -34,6 +34,9 @@ pub(crate) struct Conn {
     pub drain: Drain,
     /// Streams being served now (the idle timer runs only at zero).
     pub active: Cell<usize>,
+    /// Waypoint: the Service (VIP:port) the carrying tunnel was opened for;
+    /// requests are routed with that Service's table.
+    pub service: Option<SocketAddr>,
 }
 
 impl H2Options {
