@@ -386,3 +386,64 @@ fn grpcroute_and_httproute_of_the_same_name_count_twice() {
         Some(vec!["v2".to_string()])
     );
 }
+
+#[test]
+fn a_conflict_on_one_listener_keeps_the_route_accepted_through_another() {
+    let mut y = gateway(
+        "infra",
+        "gw",
+        &[
+            "{name: a, port: 80, protocol: HTTP, hostname: a.com}",
+            "{name: b, port: 8080, protocol: HTTP, hostname: a.com}",
+        ],
+    );
+    y += &service("infra", "v1", 8080, 9001);
+    y += &service("infra", "v2", 8080, 9002);
+    // The HTTPRoute is older and only on listener a: the GRPCRoute loses a, keeps b.
+    y += &aged(
+        http_route(
+            "infra",
+            "web",
+            "  parentRefs: [{name: gw, sectionName: a}]\n  rules: [{backendRefs: [{name: v1, port: 8080}]}]\n",
+        ),
+        "2024-01-01T00:00:00Z",
+    );
+    y += &aged(
+        grpc_route(
+            "infra",
+            "rpc",
+            "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: v2, port: 8080}]}]\n",
+        ),
+        "2024-02-01T00:00:00Z",
+    );
+    // Same GRPCRoute kind-conflict, but pinned to listener a only: not accepted anywhere.
+    y += &aged(
+        grpc_route(
+            "infra",
+            "rpc-a",
+            "  parentRefs: [{name: gw, sectionName: a}]\n  rules: [{backendRefs: [{name: v2, port: 8080}]}]\n",
+        ),
+        "2024-03-01T00:00:00Z",
+    );
+    let snap = snapshot(&y);
+    let accepted =
+        |route: &str| condition_of(&route_conditions(&snap, route, "infra/gw"), "Accepted");
+    assert_eq!(accepted("infra/web"), ("True".into(), "Accepted".into()));
+    assert_eq!(accepted("infra/rpc"), ("True".into(), "Accepted".into()));
+    assert_eq!(
+        accepted("infra/rpc-a"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
+    assert_eq!(attached_routes(&snap, "infra/gw", "a"), 1);
+    assert_eq!(attached_routes(&snap, "infra/gw", "b"), 1);
+    let mut on_b = call("a.com", "/a.B/C", &[]);
+    on_b.port = 8080;
+    assert_eq!(
+        pick(&snap, &on_b).map(backends),
+        Some(vec!["v2".to_string()])
+    );
+    assert_eq!(
+        pick(&snap, &call("a.com", "/a.B/C", &[])).map(backends),
+        Some(vec!["v1".to_string()])
+    );
+}
