@@ -80,6 +80,8 @@ pub struct Resources {
     pub peer_authentications: BTreeMap<Key, Object<PeerAuthenticationSpec>>,
     /// Istio DestinationRule (networking.istio.io v1/v1beta1/v1alpha3).
     pub destination_rules: BTreeMap<Key, Object<crate::DestinationRuleSpec>>,
+    /// policy.ringmesh.io/v1alpha1 LocalRateLimitPolicy.
+    pub local_rate_limits: BTreeMap<Key, Object<crate::LocalRateLimitPolicySpec>>,
 }
 
 impl Resources {
@@ -101,6 +103,7 @@ impl Resources {
             + self.authorization_policies.len()
             + self.peer_authentications.len()
             + self.destination_rules.len()
+            + self.local_rate_limits.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -9,6 +9,7 @@ mod grpc_route;
 mod kinds;
 mod l4_routes;
 mod load;
+mod rate_limit_policy;
 mod security;
 
 pub use destination_rule::*;
@@ -16,6 +17,7 @@ pub use errors::ConfigError;
 pub use grpc_route::GrpcRouteSpec;
 pub use kinds::*;
 pub use l4_routes::{TcpRouteSpec, TlsRouteSpec};
+pub use rate_limit_policy::*;
 pub use load::{load_path, load_str, load_strs};
 
 /// Re-exported so that consumers use the very same spec types.

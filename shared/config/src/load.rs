@@ -159,6 +159,7 @@ enum KnownKind {
     AuthorizationPolicy,
     PeerAuthentication,
     DestinationRule,
+    LocalRateLimitPolicy,
 }
 
 impl KnownKind {
@@ -184,6 +185,7 @@ impl KnownKind {
             ("security.istio.io", "AuthorizationPolicy") => KnownKind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => KnownKind::PeerAuthentication,
             ("networking.istio.io", "DestinationRule") => KnownKind::DestinationRule,
+            ("policy.ringmesh.io", "LocalRateLimitPolicy") => KnownKind::LocalRateLimitPolicy,
             _ => return None,
         };
         let version_ok = match known {
@@ -199,6 +201,7 @@ impl KnownKind {
                 matches!(version, "v1" | "v1beta1")
             }
             KnownKind::EndpointSlice => version == "v1",
+            KnownKind::LocalRateLimitPolicy => version == "v1alpha1",
             KnownKind::TlsRoute => crate::l4_routes::tls_route_version(version),
             KnownKind::TcpRoute => crate::l4_routes::tcp_route_version(version),
             KnownKind::ServiceEntry | KnownKind::DestinationRule => {
@@ -226,6 +229,7 @@ impl KnownKind {
             KnownKind::AuthorizationPolicy => "AuthorizationPolicy",
             KnownKind::PeerAuthentication => "PeerAuthentication",
             KnownKind::DestinationRule => "DestinationRule",
+            KnownKind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
         }
     }
 
@@ -483,6 +487,15 @@ impl Loader {
                             .map_err(|(field, message)| FieldError::at(field, message))
                     })
                     .map(|s| insert(&mut self.resources.destination_rules, &meta, s)),
+                KnownKind::LocalRateLimitPolicy => {
+                    typed::<crate::LocalRateLimitPolicySpec>(spec, "spec")
+                        .and_then(|s| {
+                            crate::validate_local_rate_limit(&s)
+                                .map(|()| s)
+                                .map_err(|(field, message)| FieldError::at(field, message))
+                        })
+                        .map(|s| insert(&mut self.resources.local_rate_limits, &meta, s))
+                }
             };
         match result {
             Err(e) => self.error(file, Some(object_name), e),

@@ -88,6 +88,10 @@ pub(crate) async fn handle<S: ClientStream>(
         .await;
     };
     let rule = &*entry.rule;
+    if let Some(limited) = policy::rate_limit(rule, &(&req, c.peer.ip()), Instant::now()) {
+        let (status, headers, body) = policy::rate_limited_response(&limited);
+        return answer(h, c, &req, &reader, start, status, &headers, body, None).await;
+    }
     let mut plan = Plan::default();
     let mut local = apply_filters(&rule.filters, entry, &mut req, &mut plan, c.port, c.scheme);
     let mut backend = None;

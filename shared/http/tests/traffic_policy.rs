@@ -377,3 +377,56 @@ fn responses_carry_upstream_service_time() {
         .unwrap();
     assert!(ms >= 120, "{ms}");
 }
+
+fn limited_rule(c: &Arc<Cluster>, key: mesh_limits::LimitKey, max: u32) -> RouteRule {
+    let mut r = rule(vec![backend(c, 1)], vec![]);
+    r.rate_limit = Some(Arc::new(mesh_limits::RateLimiter::new(
+        mesh_limits::RateLimitConfig {
+            bucket: mesh_limits::TokenBucketConfig {
+                max_tokens: max,
+                tokens_per_fill: max,
+                fill_interval: Duration::from_secs(60),
+            },
+            key,
+            source: "default/limit".into(),
+        },
+    )));
+    r
+}
+
+#[test]
+fn rate_limit_answers_429_with_headers_once_the_bucket_is_empty() {
+    let up = upstream();
+    let c = cluster("limited", vec![up.addr]);
+    let gw = Gateway::start(
+        move |port| {
+            let keyed = limited_rule(&c, mesh_limits::LimitKey::Header("x-user".into()), 2);
+            let global = limited_rule(&c, mesh_limits::LimitKey::None, 3);
+            snapshot(
+                port,
+                vec![prefix("/keyed", keyed), prefix("/", global)],
+                vec![],
+            )
+        },
+        quick_options(),
+    );
+    let mut conn = keepalive(&gw);
+    for i in 0..3 {
+        let r = send(&mut conn, "GET /g HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let r = send(&mut conn, "GET /g HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-ratelimit-limit").as_deref(), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining").as_deref(), Some("0"));
+    let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&reset), "{reset}");
+    // The connection stays usable and other keys have their own buckets.
+    let keyed = |user: &str| format!("GET /keyed HTTP/1.1\r\nHost: x\r\nx-user: {user}\r\n\r\n");
+    assert_eq!(send(&mut conn, &keyed("a")).status, 200);
+    assert_eq!(send(&mut conn, &keyed("a")).status, 200);
+    assert_eq!(send(&mut conn, &keyed("a")).status, 429);
+    assert_eq!(send(&mut conn, &keyed("b")).status, 200);
+    // Limited requests never reached the backend: 3 + 3.
+    assert_eq!(up.seen.heads.lock().unwrap().len(), 6);
+}

@@ -72,6 +72,13 @@ impl RateLimiter {
     }
 }
 
+/// A snapshot dump shows the configuration, not the buckets.
+impl Serialize for RateLimiter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.config.serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,9 @@ pub struct RouteRule {
     pub total_weight: u32,
     pub timeouts: Timeouts,
     pub retry: Option<RetryPolicy>,
+    /// Local rate limit (a LocalRateLimitPolicy targeting the route): shared
+    /// buckets, checked before the backend pick; 429 when empty.
+    pub rate_limit: Option<Arc<mesh_limits::RateLimiter>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -20,6 +20,7 @@
 mod balance;
 mod hash_key;
 mod pool;
+mod rate_limit;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub use hash_key::RequestView;
 pub use mesh_balance::{Overflow, UpstreamResult};
 pub use pool::{overflow_response, Admission};
 pub use pool::{OVERFLOW_BODY, OVERLOADED_HEADER};
+pub use rate_limit::{rate_limit, rate_limit_headers, rate_limited_response};
 
 /// Per-worker policy state: balancers and outlier detectors per cluster name
 /// (kept across snapshot reloads while the cluster keeps its name).

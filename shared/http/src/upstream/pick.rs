@@ -114,6 +114,7 @@ mod tests {
             total_weight: weights.iter().sum(),
             timeouts: Timeouts::default(),
             retry: None,
+            rate_limit: None,
         }
     }
 

@@ -134,6 +134,7 @@ pub fn rule(backends: Vec<WeightedBackend>, filters: Vec<Filter>) -> RouteRule {
         backends,
         timeouts: Timeouts::default(),
         retry: None,
+        rate_limit: None,
     }
 }
 

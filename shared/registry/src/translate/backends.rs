@@ -69,6 +69,8 @@ pub struct BackendResolver<'a> {
     clusters: HashMap<ClusterKey, Arc<Cluster>>,
     /// DestinationRules: each new cluster gets its host's traffic policy.
     rules: super::destination_rules::DestinationRules<'a>,
+    /// LocalRateLimitPolicies by the HTTPRoute they target.
+    pub rate_limits: super::rate_limits::RateLimits<'a>,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -87,6 +89,7 @@ impl<'a> BackendResolver<'a> {
             slices,
             clusters: HashMap::new(),
             rules: super::destination_rules::DestinationRules::new(resources),
+            rate_limits: super::rate_limits::RateLimits::new(resources),
         }
     }
 

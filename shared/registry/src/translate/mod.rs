@@ -11,6 +11,7 @@ mod backends;
 mod certificates;
 mod conditions;
 pub mod destination_rules;
+pub mod rate_limits;
 mod duration;
 mod filters;
 mod grpc;

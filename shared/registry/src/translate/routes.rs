@@ -156,6 +156,7 @@ pub(super) fn compile_rule(
             total_weight,
             timeouts,
             retry,
+            rate_limit: resolver.rate_limits.for_route(route),
         }),
         matchers,
     })
