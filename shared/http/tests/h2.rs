@@ -401,7 +401,10 @@ fn traffic_policy_applies_to_http2_streams() {
                     assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
                     overloaded += 1;
                 }
-                (200, Some("14")) if i == 4 => overloaded += 1,
+                (200, Some("14")) if i == 4 => {
+                    assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
+                    overloaded += 1;
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

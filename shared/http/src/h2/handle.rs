@@ -40,9 +40,14 @@ impl Stream<'_> {
         cluster: Option<&Cluster>,
     ) {
         if self.grpc && status >= 400 {
-            let _ = self
-                .respond
-                .send_response(grpc::trailers_only(status, text), true);
+            let mut resp = grpc::trailers_only(status, text);
+            // Keep what explains the answer (x-envoy-overloaded, x-ratelimit-*).
+            for (name, value) in translate::header_map(headers, None) {
+                if let Some(name) = name {
+                    resp.headers_mut().entry(name).or_insert(value);
+                }
+            }
+            let _ = self.respond.send_response(resp, true);
             self.h
                 .metrics
                 .record_request(200, cluster, self.start.elapsed());
