@@ -6,7 +6,9 @@
 //! rather than per-worker buckets with the limit split.
 
 pub mod bucket;
+pub mod budget;
 pub mod limiter;
 
 pub use bucket::{Decision, TokenBucket, TokenBucketConfig};
+pub use budget::RetryBudget;
 pub use limiter::{LimitKey, RateLimitConfig, RateLimiter};

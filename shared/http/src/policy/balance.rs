@@ -29,6 +29,10 @@ pub(super) struct ClusterRuntime {
     index: HashMap<SocketAddr, usize>,
     balancer: Balancer,
     outlier: Option<OutlierDetector>,
+    /// Attempts in flight on this worker (picked, not yet reported).
+    in_flight: u32,
+    /// Retries in flight on this worker (the retry budget's numerator).
+    pub(super) retries: std::rc::Rc<std::cell::Cell<u32>>,
 }
 
 /// No DestinationRule: round robin (the engine's behaviour before policies).
@@ -40,6 +44,10 @@ fn algorithm(cluster: &Cluster) -> LbAlgorithm {
 }
 
 impl ClusterRuntime {
+    pub(super) fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
     fn build(cluster: &Arc<Cluster>, previous: Option<&ClusterRuntime>) -> Self {
         let keys: Vec<String> = cluster.endpoints.iter().map(|a| a.to_string()).collect();
         let index: HashMap<SocketAddr, usize> = cluster
@@ -62,6 +70,8 @@ impl ClusterRuntime {
             index,
             balancer: Balancer::new(&algorithm(cluster), &keys),
             outlier,
+            in_flight: 0,
+            retries: previous.map(|p| p.retries.clone()).unwrap_or_default(),
         }
     }
 
@@ -75,7 +85,7 @@ impl ClusterRuntime {
 }
 
 impl WorkerPolicy {
-    fn with_runtime<T>(
+    pub(super) fn with_runtime<T>(
         &self,
         cluster: &Arc<Cluster>,
         f: impl FnOnce(&mut ClusterRuntime) -> T,
@@ -141,6 +151,7 @@ impl WorkerPolicy {
                 .balancer
                 .pick(hash, rng, |i| outlier.is_none_or(|o| o.is_available(i)))?;
             rt.balancer.started(i);
+            rt.in_flight += 1;
             Some(Picked {
                 addr: rt.cluster.endpoints[i],
                 set_cookie,
@@ -162,6 +173,7 @@ impl WorkerPolicy {
                 return;
             };
             rt.balancer.finished(i);
+            rt.in_flight = rt.in_flight.saturating_sub(1);
             if let (Some(o), Some(r)) = (rt.outlier.as_mut(), result) {
                 if o.report(i, r, now) {
                     tracing::info!(cluster = %cluster.name, endpoint = %addr, "outlier detection ejected an endpoint");

@@ -14,7 +14,8 @@
 //! 3. after each attempt: `h.policy.report(cluster, picked, result, now)`
 //!    with [`UpstreamResult`] (status, connect failure, reset, timeout):
 //!    feeds outlier detection and LEAST_REQUEST's in-flight counts.
-//! 4. before a retry: `h.policy.retry_permit(cluster)` (maxRetries).
+//! 4. before a retry: `h.policy.retry_permit(cluster)` (retry budget: 20 %
+//!    of requests in flight, at least 3; maxRetries).
 //! 5. on the response: [`service_time_header`] and `picked.set_cookie`.
 
 mod balance;
@@ -36,7 +37,7 @@ use crate::upstream::exchange::AttemptError;
 pub use balance::Picked;
 pub use hash_key::RequestView;
 pub use mesh_balance::{Overflow, UpstreamResult};
-pub use pool::{overflow_response, Admission};
+pub use pool::{overflow_response, Admission, RetryPermit};
 pub use pool::{OVERFLOW_BODY, OVERLOADED_HEADER};
 pub use rate_limit::{rate_limit, rate_limit_headers, rate_limited_response};
 

@@ -1,10 +1,13 @@
 //! Connection-pool limits (circuit breakers) at request admission.
 
+use std::cell::Cell;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_balance::{Overflow, PoolGuard};
+use mesh_limits::RetryBudget;
 use mesh_registry::Cluster;
 
 use super::WorkerPolicy;
@@ -15,6 +18,19 @@ use crate::io::Io;
 /// freed by any worker, so there is no local waker to wait on; waiting is
 /// bounded by `http1MaxPendingRequests` and the caller's deadline.
 const PENDING_POLL: Duration = Duration::from_millis(1);
+
+/// A retry in flight: counted against the budget and `maxRetries` until dropped.
+#[derive(Debug)]
+pub struct RetryPermit {
+    _pool: Option<PoolGuard>,
+    retries: Rc<Cell<u32>>,
+}
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.retries.set(self.retries.get().saturating_sub(1));
+    }
+}
 
 /// Slots held while a request is in flight; released on drop.
 #[derive(Debug, Default)]
@@ -82,13 +98,29 @@ impl WorkerPolicy {
         })
     }
 
-    /// A retry may start (`maxRetries` retries in flight); hold the guard
-    /// for the retry's duration.
-    pub fn retry_permit(&self, cluster: &Arc<Cluster>) -> Result<Option<PoolGuard>, Overflow> {
-        match cluster.policy.connection_pool.as_ref() {
-            Some(limits) => cluster.policy.counters.try_retry(limits).map(Some),
-            None => Ok(None),
-        }
+    /// A retry may start: within the retry budget (20 % of this worker's
+    /// requests in flight to the cluster, at least 3 retries) and within
+    /// `maxRetries` (retries in flight, all workers). Hold the permit for
+    /// the retry's duration.
+    pub fn retry_permit(&self, cluster: &Arc<Cluster>) -> Result<RetryPermit, Overflow> {
+        let budget = RetryBudget::default();
+        let retries = self.with_runtime(cluster, |rt| {
+            budget
+                .allows(rt.in_flight(), rt.retries.get())
+                .then(|| rt.retries.clone())
+        });
+        let Some(retries) = retries else {
+            return Err(Overflow::Retries);
+        };
+        let pool = match cluster.policy.connection_pool.as_ref() {
+            Some(limits) => Some(cluster.policy.counters.try_retry(limits)?),
+            None => None,
+        };
+        retries.set(retries.get() + 1);
+        Ok(RetryPermit {
+            _pool: pool,
+            retries,
+        })
     }
 
     /// `maxRequestsPerConnection`: counts a finished request on this
@@ -115,5 +147,68 @@ impl WorkerPolicy {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_registry::{ClusterPolicy, ObjectRef};
+
+    fn cluster(policy: ClusterPolicy) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: "ns/c:80".into(),
+            service: ObjectRef {
+                namespace: "ns".into(),
+                name: "c".into(),
+            },
+            port: 80,
+            endpoints: vec![([127, 0, 0, 1], 1).into()],
+            protocol: Default::default(),
+            policy: Arc::new(policy),
+        })
+    }
+
+    #[test]
+    fn retry_budget_allows_three_concurrent_retries_when_quiet() {
+        let p = WorkerPolicy::default();
+        let c = cluster(ClusterPolicy::default());
+        let permits: Vec<_> = (0..3).map(|_| p.retry_permit(&c).unwrap()).collect();
+        assert_eq!(p.retry_permit(&c).unwrap_err(), Overflow::Retries);
+        drop(permits);
+        assert!(p.retry_permit(&c).is_ok());
+    }
+
+    #[test]
+    fn max_retries_caps_retries_in_flight() {
+        let p = WorkerPolicy::default();
+        let c = cluster(ClusterPolicy {
+            connection_pool: Some(mesh_balance::PoolLimits {
+                max_retries: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let first = p.retry_permit(&c).unwrap();
+        assert_eq!(p.retry_permit(&c).unwrap_err(), Overflow::Retries);
+        drop(first);
+        assert!(p.retry_permit(&c).is_ok());
+    }
+
+    #[test]
+    fn admission_without_limits_always_passes_and_max_requests_refuses() {
+        let p = WorkerPolicy::default();
+        assert!(p.admit_request(&cluster(ClusterPolicy::default())).is_ok());
+        let c = cluster(ClusterPolicy {
+            connection_pool: Some(mesh_balance::PoolLimits {
+                max_requests: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let a = p.admit_request(&c).unwrap();
+        assert_eq!(p.admit_request(&c).unwrap_err(), Overflow::Requests);
+        drop(a);
+        assert!(p.admit_request(&c).is_ok());
     }
 }
