@@ -580,3 +580,46 @@ fn grpc_inside_a_service_scoped_stream_uses_the_service_table() {
         .sum();
     assert_eq!(ok, 1);
 }
+
+#[test]
+fn rate_limits_apply_to_http2_and_grpc_gets_resource_exhausted() {
+    let up = upstream();
+    let c = cluster("limited", vec![up.addr]);
+    let gw = Gateway::start(
+        move |port| {
+            let mut r = rule(vec![backend(&c, 1)], vec![]);
+            r.rate_limit = Some(Arc::new(mesh_limits::RateLimiter::new(
+                mesh_limits::RateLimitConfig {
+                    bucket: mesh_limits::TokenBucketConfig {
+                        max_tokens: 2,
+                        tokens_per_fill: 2,
+                        fill_interval: Duration::from_secs(60),
+                    },
+                    key: mesh_limits::LimitKey::None,
+                    source: "default/limit".into(),
+                },
+            )));
+            snapshot(port, vec![prefix("/", r)], vec![])
+        },
+        quick_options(),
+    );
+    let url = format!("http://h2.test:{}/x", gw.addr.port());
+    runtime().block_on(async {
+        let client = h2c_client(gw.addr).await;
+        for _ in 0..2 {
+            assert_eq!(send(&client, h2get(&url), None, 0).await.status, 200);
+        }
+        let r = send(&client, h2get(&url), None, 0).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        let grpc = Request::post(&url)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let r = send(&client, grpc, None, 0).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("grpc-status"), Some("8"));
+        assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    });
+}

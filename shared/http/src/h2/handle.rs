@@ -120,6 +120,13 @@ pub(crate) async fn serve_request(
         return s.local(404, &none, "no route\n", None);
     };
     let rule = &*entry.rule;
+    // Local rate limit (before the backend pick, as on HTTP/1.1): 429, or
+    // RESOURCE_EXHAUSTED for gRPC, with the x-ratelimit-* headers.
+    let view = (&req, conn.peer.ip());
+    if let Some(limited) = crate::policy::rate_limit(rule, &view, Instant::now()) {
+        let (status, headers, body) = crate::policy::rate_limited_response(&limited);
+        return s.local(status, &headers, body, None);
+    }
     let mut plan = Plan::default();
     let mut local = apply_filters(
         &rule.filters,
