@@ -194,10 +194,7 @@ fn curl_gets_the_certificate_of_each_hostname() {
     let (code, verbose) = curl(s.port, "a.example.com", &ca_a, &[]);
     assert_eq!(code, "302", "{verbose}\n{}", s.gw.logs());
     assert!(verbose.contains("CN=a.example.com"), "{verbose}");
-    assert!(
-        verbose.contains("ALPN: server accepted h2"),
-        "{verbose}"
-    );
+    assert!(verbose.contains("ALPN: server accepted h2"), "{verbose}");
     assert!(
         verbose.contains("location: https://moved.example.net"),
         "{verbose}"

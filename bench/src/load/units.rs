@@ -1,32 +1,6 @@
 //! Parsing and printing of durations, counts and sizes for the CLIs.
 
-use anyhow::{anyhow, bail};
-use std::time::Duration;
-
-/// `10s`, `500ms`, `250us`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| anyhow!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "ns" => value / 1e9,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => bail!("bad duration unit in {s:?} (use ns, us, ms, s, m, h)"),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        bail!("bad duration {s:?}");
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use mesh_runtime::parse_duration;
 
 /// Latency for humans: `612µs`, `1.20ms`, `2.50s`.
 pub fn format_latency_ns(ns: u64) -> String {
@@ -72,19 +46,6 @@ pub fn format_rate_bytes(bytes_per_sec: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn formatting() {

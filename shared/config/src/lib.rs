@@ -17,8 +17,8 @@ pub use errors::ConfigError;
 pub use grpc_route::GrpcRouteSpec;
 pub use kinds::*;
 pub use l4_routes::{TcpRouteSpec, TlsRouteSpec};
-pub use rate_limit_policy::*;
 pub use load::{load_path, load_str, load_strs};
+pub use rate_limit_policy::*;
 
 /// Re-exported so that consumers use the very same spec types.
 pub use gateway_api;

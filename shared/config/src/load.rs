@@ -428,75 +428,73 @@ impl Loader {
             .remove("spec")
             .unwrap_or(Value::Mapping(Default::default()));
         let whole = || Value::Mapping(map.clone());
-        let result =
-            match kind {
-                KnownKind::GatewayClass => typed(spec, "spec")
-                    .map(|s| insert(&mut self.resources.gateway_classes, &meta, s)),
-                KnownKind::Gateway => {
-                    typed(spec, "spec").map(|s| insert(&mut self.resources.gateways, &meta, s))
-                }
-                KnownKind::HttpRoute => {
-                    typed(spec, "spec").map(|s| insert(&mut self.resources.http_routes, &meta, s))
-                }
-                KnownKind::GrpcRoute => {
-                    typed(spec, "spec").map(|s| insert(&mut self.resources.grpc_routes, &meta, s))
-                }
-                KnownKind::ReferenceGrant => typed(spec, "spec")
-                    .map(|s| insert(&mut self.resources.reference_grants, &meta, s)),
-                KnownKind::TlsRoute => {
-                    typed(crate::l4_routes::tls_route_spec_defaults(spec), "spec")
-                        .map(|s| insert(&mut self.resources.tls_routes, &meta, s))
-                }
-                KnownKind::TcpRoute => {
-                    typed(crate::l4_routes::tcp_route_spec_defaults(spec), "spec")
-                        .map(|s| insert(&mut self.resources.tcp_routes, &meta, s))
-                }
-                KnownKind::Namespace => {
-                    insert(&mut self.resources.namespaces, &meta, ());
-                    Ok(())
-                }
-                KnownKind::Service => {
-                    typed(spec, "spec").map(|s| insert(&mut self.resources.services, &meta, s))
-                }
-                KnownKind::EndpointSlice => typed(whole(), "")
-                    .map(|s| insert(&mut self.resources.endpoint_slices, &meta, s)),
-                KnownKind::Secret => {
-                    // Secrets keep `data`/`type` at the top level, not under `spec`.
-                    typed(whole(), "").map(|s| insert(&mut self.resources.secrets, &meta, s))
-                }
-                KnownKind::ServiceEntry => typed::<ServiceEntrySpec>(spec, "spec")
-                    .and_then(|s| validate_service_entry(&s).map(|()| s))
-                    .map(|s| insert(&mut self.resources.service_entries, &meta, s)),
-                KnownKind::Pod => {
-                    // The whole object: annotations, spec and status all matter.
-                    let mut whole = map.clone();
-                    whole.insert(Value::from("spec"), spec);
-                    typed::<k8s_openapi::api::core::v1::Pod>(Value::Mapping(whole), "")
-                        .and_then(|p| validate_pod(&p).map(|()| p))
-                        .map(|p| insert(&mut self.resources.pods, &meta, p))
-                }
-                KnownKind::AuthorizationPolicy => typed::<AuthorizationPolicySpec>(spec, "spec")
-                    .and_then(|s| validate_authorization_policy(&s).map(|()| s))
-                    .map(|s| insert(&mut self.resources.authorization_policies, &meta, s)),
-                KnownKind::PeerAuthentication => typed::<PeerAuthenticationSpec>(spec, "spec")
-                    .map(|s| insert(&mut self.resources.peer_authentications, &meta, s)),
-                KnownKind::DestinationRule => typed::<crate::DestinationRuleSpec>(spec, "spec")
+        let result = match kind {
+            KnownKind::GatewayClass => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.gateway_classes, &meta, s))
+            }
+            KnownKind::Gateway => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.gateways, &meta, s))
+            }
+            KnownKind::HttpRoute => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.http_routes, &meta, s))
+            }
+            KnownKind::GrpcRoute => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.grpc_routes, &meta, s))
+            }
+            KnownKind::ReferenceGrant => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.reference_grants, &meta, s))
+            }
+            KnownKind::TlsRoute => typed(crate::l4_routes::tls_route_spec_defaults(spec), "spec")
+                .map(|s| insert(&mut self.resources.tls_routes, &meta, s)),
+            KnownKind::TcpRoute => typed(crate::l4_routes::tcp_route_spec_defaults(spec), "spec")
+                .map(|s| insert(&mut self.resources.tcp_routes, &meta, s)),
+            KnownKind::Namespace => {
+                insert(&mut self.resources.namespaces, &meta, ());
+                Ok(())
+            }
+            KnownKind::Service => {
+                typed(spec, "spec").map(|s| insert(&mut self.resources.services, &meta, s))
+            }
+            KnownKind::EndpointSlice => {
+                typed(whole(), "").map(|s| insert(&mut self.resources.endpoint_slices, &meta, s))
+            }
+            KnownKind::Secret => {
+                // Secrets keep `data`/`type` at the top level, not under `spec`.
+                typed(whole(), "").map(|s| insert(&mut self.resources.secrets, &meta, s))
+            }
+            KnownKind::ServiceEntry => typed::<ServiceEntrySpec>(spec, "spec")
+                .and_then(|s| validate_service_entry(&s).map(|()| s))
+                .map(|s| insert(&mut self.resources.service_entries, &meta, s)),
+            KnownKind::Pod => {
+                // The whole object: annotations, spec and status all matter.
+                let mut whole = map.clone();
+                whole.insert(Value::from("spec"), spec);
+                typed::<k8s_openapi::api::core::v1::Pod>(Value::Mapping(whole), "")
+                    .and_then(|p| validate_pod(&p).map(|()| p))
+                    .map(|p| insert(&mut self.resources.pods, &meta, p))
+            }
+            KnownKind::AuthorizationPolicy => typed::<AuthorizationPolicySpec>(spec, "spec")
+                .and_then(|s| validate_authorization_policy(&s).map(|()| s))
+                .map(|s| insert(&mut self.resources.authorization_policies, &meta, s)),
+            KnownKind::PeerAuthentication => typed::<PeerAuthenticationSpec>(spec, "spec")
+                .map(|s| insert(&mut self.resources.peer_authentications, &meta, s)),
+            KnownKind::DestinationRule => typed::<crate::DestinationRuleSpec>(spec, "spec")
+                .and_then(|s| {
+                    crate::validate_destination_rule(&s)
+                        .map(|()| s)
+                        .map_err(|(field, message)| FieldError::at(field, message))
+                })
+                .map(|s| insert(&mut self.resources.destination_rules, &meta, s)),
+            KnownKind::LocalRateLimitPolicy => {
+                typed::<crate::LocalRateLimitPolicySpec>(spec, "spec")
                     .and_then(|s| {
-                        crate::validate_destination_rule(&s)
+                        crate::validate_local_rate_limit(&s)
                             .map(|()| s)
                             .map_err(|(field, message)| FieldError::at(field, message))
                     })
-                    .map(|s| insert(&mut self.resources.destination_rules, &meta, s)),
-                KnownKind::LocalRateLimitPolicy => {
-                    typed::<crate::LocalRateLimitPolicySpec>(spec, "spec")
-                        .and_then(|s| {
-                            crate::validate_local_rate_limit(&s)
-                                .map(|()| s)
-                                .map_err(|(field, message)| FieldError::at(field, message))
-                        })
-                        .map(|s| insert(&mut self.resources.local_rate_limits, &meta, s))
-                }
-            };
+                    .map(|s| insert(&mut self.resources.local_rate_limits, &meta, s))
+            }
+        };
         match result {
             Err(e) => self.error(file, Some(object_name), e),
             Ok(()) => self.note_duplicate(kind, &meta, object_name),

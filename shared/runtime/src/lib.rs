@@ -393,7 +393,8 @@ fn bind_control(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpLis
     Ok(listener)
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
+/// Parses `250us`, `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`): the
+/// duration syntax of every ringmesh CLI (the programs and `bench`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -405,12 +406,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 5s, 2m"))?;
     let seconds = match unit.trim() {
         "" | "s" => value,
-        "ms" => value / 1000.0,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                "invalid duration unit {other:?} in {text:?}: use ns, us, ms, s, m or h"
             ))
         }
     };
@@ -427,6 +430,10 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

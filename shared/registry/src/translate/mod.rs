@@ -11,7 +11,6 @@ mod backends;
 mod certificates;
 mod conditions;
 pub mod destination_rules;
-pub mod rate_limits;
 mod duration;
 mod filters;
 mod grpc;
@@ -22,6 +21,7 @@ mod l4_listeners;
 mod listeners;
 mod matches;
 mod precedence;
+pub mod rate_limits;
 mod routes;
 mod waypoint;
 
@@ -45,11 +45,11 @@ use crate::tls::{PortTls, SniCertificates};
 use backends::{BackendResolver, GATEWAY_GROUP};
 use conditions::{condition, CONTROLLER_NAME};
 pub use duration::parse_duration;
-pub use waypoint::translate_waypoint;
 use hostnames::{intersect, HostKey};
 use listeners::{GatewayCtx, ListenerCtx};
 use precedence::precedence_key;
 use routes::{compile_route, CompiledRoute};
+pub use waypoint::translate_waypoint;
 
 #[derive(Debug, Clone)]
 pub struct TranslateOptions {
