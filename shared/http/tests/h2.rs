@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use h2_support::*;
 use http::Request;
-use mesh_registry::{Cluster, Timeouts, UpstreamProtocol};
+use mesh_registry::{BackendTarget, Cluster, Timeouts, UpstreamProtocol, WeightedBackend};
 
 fn simple_gateway(c: &Arc<Cluster>) -> Gateway {
     let c = c.clone();
@@ -287,6 +287,19 @@ fn proxy_errors_on_grpc_requests_are_grpc_statuses() {
                     prefix("/slow", timed),
                     prefix("/empty", rule(vec![backend(&empty, 1)], vec![])),
                     prefix("/dead", rule(vec![backend(&dead, 1)], vec![])),
+                    prefix(
+                        "/invalid",
+                        rule(
+                            vec![WeightedBackend {
+                                weight: 1,
+                                target: BackendTarget::Invalid {
+                                    reason: "no such Service".into(),
+                                },
+                                filters: vec![],
+                            }],
+                            vec![],
+                        ),
+                    ),
                 ],
                 vec![],
             )
@@ -306,6 +319,8 @@ fn proxy_errors_on_grpc_requests_are_grpc_statuses() {
             ("/nowhere", "12"),
             ("/empty/x", "14"),
             ("/dead/x", "14"),
+            // GRPCRoute: an unresolved backendRef is UNAVAILABLE (HTTPRoute's is a 500).
+            ("/invalid/x", "14"),
             ("/slow?delay=2000", "4"),
         ] {
             let r = send(&client, grpc(path), None, 0).await;
@@ -326,6 +341,8 @@ fn proxy_errors_on_grpc_requests_are_grpc_statuses() {
         assert_eq!(r.text(), "no route\n");
         let r = send(&client, h2get(&format!("{url}/slow?delay=2000")), None, 0).await;
         assert_eq!(r.status, 504);
+        let r = send(&client, h2get(&format!("{url}/invalid/x")), None, 0).await;
+        assert_eq!(r.status, 500);
     });
 }
 

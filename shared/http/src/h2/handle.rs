@@ -165,7 +165,11 @@ pub(crate) async fn serve_request(
     let Some(backend) = backend else { return };
     let cluster: Arc<Cluster> = match &backend.target {
         BackendTarget::Cluster(c) => c.clone(),
-        BackendTarget::Invalid { .. } => return s.local(500, &none, "invalid backend\n", None),
+        // GRPCRoute asks UNAVAILABLE for an unresolved backendRef where HTTPRoute asks 500.
+        BackendTarget::Invalid { .. } => {
+            let status = if s.grpc { 503 } else { 500 };
+            return s.local(status, &none, "invalid backend\n", None);
+        }
     };
     if cluster.endpoints.is_empty() {
         return s.local(503, &none, "no healthy upstream\n", Some(&cluster));
