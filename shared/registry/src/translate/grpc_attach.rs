@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use mesh_config::Resources;
 
 use super::backends::GATEWAY_GROUP;
-use super::conditions::{condition, CONTROLLER_NAME};
+use super::conditions::{condition, parent_status, route_parent_conditions, ParentAttachment};
 use super::grpc::GrpcCompiledRoute;
 use super::hostnames::{intersect, HostKey};
 use super::listeners::{GatewayCtx, ListenerCtx};
@@ -107,71 +107,23 @@ fn attach_grpc_route(
                 l.grpc_attachments.push((ri, hosts));
             }
         }
-        let accepted = if !matched {
-            condition(
-                "Accepted",
-                false,
-                "NoMatchingParent",
-                "no listener matches the parentRef's sectionName/port",
-                generation,
-            )
-        } else if !allowed {
-            condition(
-                "Accepted",
-                false,
-                "NotAllowedByListeners",
-                "no matching listener allows this route",
-                generation,
-            )
-        } else if !attached {
-            condition(
-                "Accepted",
-                false,
-                "NoMatchingListenerHostname",
-                "no listener hostname intersects the route's hostnames",
-                generation,
-            )
-        } else if !rules_ok {
-            condition(
-                "Accepted",
-                false,
-                "UnsupportedValue",
-                route.invalid_rules.join("; "),
-                generation,
-            )
-        } else {
-            condition("Accepted", true, "Accepted", "route accepted", generation)
-        };
-        let resolved = match route.ref_problems.first() {
-            Some(p) => condition("ResolvedRefs", false, p.reason(), p.message(), generation),
-            None => condition(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved",
-                generation,
-            ),
-        };
-        let mut conditions = vec![accepted, resolved];
-        if rules_ok && !route.invalid_rules.is_empty() {
-            conditions.push(condition(
-                "PartiallyInvalid",
-                true,
-                "UnsupportedValue",
-                format!("dropped invalid rules: {}", route.invalid_rules.join("; ")),
-                generation,
-            ));
-        }
-        parents.push(RouteParentStatus {
-            parent_ref: ParentRefStatus {
-                namespace: gw_key.namespace,
-                name: gw_key.name,
-                section_name: pref.section_name.clone(),
-                port: pref.port.and_then(|p| u16::try_from(p).ok()),
+        let conditions = route_parent_conditions(
+            ParentAttachment {
+                matched,
+                allowed,
+                attached,
             },
-            controller_name: CONTROLLER_NAME.into(),
+            rules_ok,
+            &route.invalid_rules,
+            &route.ref_problems,
+            generation,
+        );
+        parents.push(parent_status(
+            gw_key,
+            pref.section_name.clone(),
+            pref.port,
             conditions,
-        });
+        ));
     }
     parents
 }

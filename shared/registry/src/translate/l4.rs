@@ -17,13 +17,16 @@ use std::sync::Arc;
 use mesh_config::{Meta, Resources};
 
 use super::backends::{BackendRef, BackendResolver, RefProblem, GATEWAY_GROUP, ISTIO_GROUP};
-use super::conditions::{condition, CONTROLLER_NAME};
+use super::conditions::{
+    condition, no_matching_listener_hostname, no_matching_parent, parent_status, resolved_refs,
+    route_accepted,
+};
 use super::hostnames::{intersect, HostKey};
 use super::l4_listeners::{TCP_ROUTE_KIND, TLS_ROUTE_KIND};
 use super::listeners::GatewayCtx;
 use crate::l4::{HostMap, L4Backend, L4Listener, L4Route, L4Routes};
 use crate::snapshot::{BackendTarget, ListenerProtocol, ObjectRef, PortConfig};
-use crate::status::{ParentRefStatus, RouteParentStatus, RouteStatus};
+use crate::status::{RouteParentStatus, RouteStatus};
 
 /// A parentRef, the same for both route kinds.
 struct ParentRef {
@@ -415,13 +418,7 @@ fn attach(
             attachments.entry((gi, li)).or_default().push((ri, hosts));
         }
         let accepted = if !matched {
-            condition(
-                "Accepted",
-                false,
-                "NoMatchingParent",
-                "no listener matches the parentRef's sectionName/port",
-                generation,
-            )
+            no_matching_parent(generation)
         } else if !kind_ok {
             condition(
                 "Accepted",
@@ -448,36 +445,16 @@ fn attach(
                 generation,
             )
         } else if !attached {
-            condition(
-                "Accepted",
-                false,
-                "NoMatchingListenerHostname",
-                "no listener hostname intersects the route's hostnames",
-                generation,
-            )
+            no_matching_listener_hostname(generation)
         } else {
-            condition("Accepted", true, "Accepted", "route accepted", generation)
+            route_accepted(generation)
         };
-        let resolved = match route.ref_problems.first() {
-            Some(p) => condition("ResolvedRefs", false, p.reason(), p.message(), generation),
-            None => condition(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved",
-                generation,
-            ),
-        };
-        parents.push(RouteParentStatus {
-            parent_ref: ParentRefStatus {
-                namespace: gw_key.namespace,
-                name: gw_key.name,
-                section_name: pref.section_name.clone(),
-                port: pref.port.and_then(|p| u16::try_from(p).ok()),
-            },
-            controller_name: CONTROLLER_NAME.into(),
-            conditions: vec![accepted, resolved],
-        });
+        parents.push(parent_status(
+            gw_key,
+            pref.section_name.clone(),
+            pref.port,
+            vec![accepted, resolved_refs(&route.ref_problems, generation)],
+        ));
     }
     parents
 }
