@@ -22,7 +22,7 @@ use crate::io::{flush, ClientStream, Io};
 pub(crate) use crate::local::send_error;
 use crate::local::{answer, body_failure};
 use crate::policy::{self, deadline_or};
-use crate::retry::backoff;
+use crate::retry::{next_try, pause_before_retry};
 use crate::route::{self, routing_host};
 use crate::server::Client;
 use crate::upstream::exchange::{attempt, AttemptError};
@@ -317,37 +317,17 @@ async fn forward<S: ClientStream>(
             h.policy
                 .report(cluster, addr, policy::attempt_result(&r), Instant::now());
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            let retriable = match &r {
-                Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
-                Err(AttemptError::Connect | AttemptError::Reset { .. } | AttemptError::Timeout) => {
-                    retry.is_some()
-                }
-                Err(_) => false,
-            };
-            let permitted = || h.policy.retry_permit(cluster).ok();
-            let permit = (retriable && tries < max_tries && !expired)
-                .then(permitted)
-                .flatten();
-            if permit.is_none() {
+            let Some(permit) = next_try(h, cluster, retry, &r, tries, max_tries, expired) else {
                 if expired && r.is_err() {
                     break Err(AttemptError::Timeout);
                 }
                 break r.map(|(io, resp)| (io, resp, addr));
-            }
+            };
             drop(r);
-            _retry_permit = permit;
-            let backoff = backoff(
-                retry.and_then(|p| p.backoff),
-                tries,
-                &mut *h.rng.borrow_mut(),
-            );
-            if let Some(d) = deadline {
-                if Instant::now() + backoff >= d {
-                    monoio::time::sleep_until(d.into()).await;
-                    break Err(AttemptError::Timeout);
-                }
+            _retry_permit = Some(permit);
+            if !pause_before_retry(h, retry, tries, deadline).await {
+                break Err(AttemptError::Timeout);
             }
-            monoio::time::sleep(backoff).await;
         }
     };
 

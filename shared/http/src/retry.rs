@@ -1,8 +1,70 @@
-//! Retry back-off between upstream attempts.
+//! Retries between upstream attempts: which outcomes are retried, the
+//! cluster's retry budget, and the back-off bounded by the request deadline.
+//! Shared by the HTTP/1.1 and HTTP/2 client sides.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use mesh_registry::{Cluster, RetryPolicy};
 use rand::Rng;
+
+use crate::codec::ResponseHead;
+use crate::io::Io;
+use crate::policy::RetryPermit;
+use crate::upstream::exchange::AttemptError;
+use crate::HttpHandler;
+
+/// One attempt's outcome, as the exchange returns it.
+pub(crate) type AttemptResult = Result<(Io, ResponseHead), AttemptError>;
+
+/// After try number `tries`: a permit for another try when the policy retries
+/// this outcome (a listed status, or a connect failure, reset or per-try
+/// timeout), tries remain, the request deadline has not passed, and the
+/// cluster's retry budget allows it. None: this outcome is final.
+pub(crate) fn next_try(
+    h: &HttpHandler,
+    cluster: &Arc<Cluster>,
+    retry: Option<&RetryPolicy>,
+    outcome: &AttemptResult,
+    tries: u32,
+    max_tries: u32,
+    expired: bool,
+) -> Option<RetryPermit> {
+    let retriable = match outcome {
+        Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
+        Err(AttemptError::Connect | AttemptError::Reset { .. } | AttemptError::Timeout) => {
+            retry.is_some()
+        }
+        Err(_) => false,
+    };
+    if !retriable || tries >= max_tries || expired {
+        return None;
+    }
+    h.policy.retry_permit(cluster).ok()
+}
+
+/// Sleeps the jittered back-off before the next try. False when the request
+/// deadline comes first: it sleeps until the deadline, and the request times out.
+pub(crate) async fn pause_before_retry(
+    h: &HttpHandler,
+    retry: Option<&RetryPolicy>,
+    tries: u32,
+    deadline: Option<Instant>,
+) -> bool {
+    let pause = backoff(
+        retry.and_then(|p| p.backoff),
+        tries,
+        &mut *h.rng.borrow_mut(),
+    );
+    if let Some(d) = deadline {
+        if Instant::now() + pause >= d {
+            monoio::time::sleep_until(d.into()).await;
+            return false;
+        }
+    }
+    monoio::time::sleep(pause).await;
+    true
+}
 
 /// Envoy's default retry back-off base.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);

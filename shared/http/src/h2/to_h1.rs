@@ -28,7 +28,7 @@ use crate::filters::plan::Plan;
 use crate::filters::{cors, headers as header_filter};
 use crate::io::{flush, Io};
 use crate::policy::{self, deadline_or};
-use crate::retry::backoff;
+use crate::retry::{next_try, pause_before_retry};
 use crate::upstream::exchange::{attempt, read_response_head, AttemptError};
 use crate::upstream::head::{write_upstream_head, UpstreamBody};
 use crate::upstream::{pick, pool};
@@ -177,37 +177,17 @@ pub(crate) async fn forward(
         h.policy
             .report(cluster, addr, policy::attempt_result(&r), Instant::now());
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let retriable = match &r {
-            Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
-            Err(AttemptError::Connect | AttemptError::Reset { .. } | AttemptError::Timeout) => {
-                retry.is_some()
-            }
-            Err(_) => false,
-        };
-        let permitted = || h.policy.retry_permit(cluster).ok();
-        let permit = (retriable && tries < max_tries && !expired)
-            .then(permitted)
-            .flatten();
-        if permit.is_none() {
+        let Some(permit) = next_try(h, cluster, retry, &r, tries, max_tries, expired) else {
             if expired && r.is_err() {
                 break Err(AttemptError::Timeout);
             }
             break r.map(|(io, resp)| (io, resp, addr));
-        }
+        };
         drop(r);
-        _retry_permit = permit;
-        let pause = backoff(
-            retry.and_then(|p| p.backoff),
-            tries,
-            &mut *h.rng.borrow_mut(),
-        );
-        if let Some(d) = deadline {
-            if Instant::now() + pause >= d {
-                monoio::time::sleep_until(d.into()).await;
-                break Err(AttemptError::Timeout);
-            }
+        _retry_permit = Some(permit);
+        if !pause_before_retry(h, retry, tries, deadline).await {
+            break Err(AttemptError::Timeout);
         }
-        monoio::time::sleep(pause).await;
     };
     let (up, mut resp, addr) = match result {
         Ok(r) => r,
