@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mesh_registry::{BackendTarget, Cluster, RetryPolicy};
-use rand::Rng;
 
 use crate::body::{copy_body, BodyReader, OutFraming};
 use crate::codec::headers::write_header;
@@ -26,7 +25,7 @@ use crate::retry::{next_try, pause_before_retry};
 use crate::route::{self, routing_host};
 use crate::server::Client;
 use crate::upstream::exchange::{attempt, AttemptError};
-use crate::upstream::head::{write_upstream_head, UpstreamBody};
+use crate::upstream::head::{new_request_id, write_upstream_head, UpstreamBody};
 use crate::upstream::pick;
 use crate::HttpHandler;
 
@@ -208,28 +207,10 @@ async fn forward<S: ClientStream>(
         }
         _ => None,
     };
-    let upstream_body = match (&buffered, req.body) {
-        (Some(b), _) => UpstreamBody::Buffered(b.len()),
-        (None, BodyKind::Length(n)) => UpstreamBody::Length(n),
-        (None, _) => UpstreamBody::Chunked,
-    };
-    let out_framing = if upstream_body == UpstreamBody::Chunked {
-        OutFraming::Chunked
-    } else {
-        OutFraming::Raw
-    };
-
+    let upstream_body = UpstreamBody::for_request(buffered.as_ref(), req.body);
+    let out_framing = upstream_body.framing();
     let mut id_buf = [0u8; 36];
-    let request_id: &[u8] = if req.headers.contains("x-request-id") {
-        &[]
-    } else {
-        let random: [u8; 16] = h.rng.borrow_mut().random();
-        uuid::Builder::from_random_bytes(random)
-            .into_uuid()
-            .hyphenated()
-            .encode_lower(&mut id_buf);
-        &id_buf
-    };
+    let request_id = new_request_id(&req.headers, &mut *h.rng.borrow_mut(), &mut id_buf);
     let client_ip = c.peer.ip();
     let body_len = buffered.as_ref().map_or(0, Bytes::len);
     // The connection's scratch buffer, reclaimed after the tries below.

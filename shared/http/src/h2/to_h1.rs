@@ -16,7 +16,6 @@ use http::{Response, StatusCode};
 use mesh_registry::{Cluster, RetryPolicy, RouteRule};
 use monoio::io::{AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
-use rand::Rng;
 
 use super::body::{next_data, release, reset_by_peer, send_all};
 use super::handle::Stream;
@@ -30,7 +29,7 @@ use crate::io::{flush, Io};
 use crate::policy::{self, deadline_or};
 use crate::retry::{next_try, pause_before_retry};
 use crate::upstream::exchange::{attempt, read_response_head, AttemptError};
-use crate::upstream::head::{write_upstream_head, UpstreamBody};
+use crate::upstream::head::{new_request_id, write_upstream_head, UpstreamBody};
 use crate::upstream::{pick, pool};
 use crate::HttpHandler;
 
@@ -62,27 +61,10 @@ pub(crate) async fn forward(
         }
         _ => None,
     };
-    let upstream_body = match (&buffered, req.body) {
-        (Some(b), _) => UpstreamBody::Buffered(b.len()),
-        (None, BodyKind::Length(n)) => UpstreamBody::Length(n),
-        (None, _) => UpstreamBody::Chunked,
-    };
-    let framing = if upstream_body == UpstreamBody::Chunked {
-        OutFraming::Chunked
-    } else {
-        OutFraming::Raw
-    };
+    let upstream_body = UpstreamBody::for_request(buffered.as_ref(), req.body);
+    let framing = upstream_body.framing();
     let mut id_buf = [0u8; 36];
-    let request_id: &[u8] = if req.headers.contains("x-request-id") {
-        &[]
-    } else {
-        let random: [u8; 16] = h.rng.borrow_mut().random();
-        uuid::Builder::from_random_bytes(random)
-            .into_uuid()
-            .hyphenated()
-            .encode_lower(&mut id_buf);
-        &id_buf
-    };
+    let request_id = new_request_id(&req.headers, &mut *h.rng.borrow_mut(), &mut id_buf);
     let client_ip = s.conn.peer.ip();
     let mut wire = BytesMut::with_capacity(512 + buffered.as_ref().map_or(0, Bytes::len));
     write_upstream_head(

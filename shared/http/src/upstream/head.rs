@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
 
+use crate::body::OutFraming;
 use crate::codec::headers::write_header;
 use crate::codec::wire::{connection_listed, is_hop_by_hop, is_listed, write_decimal};
-use crate::codec::RequestHead;
+use crate::codec::{BodyKind, RequestHead};
 
 /// How the request body goes upstream.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,45 @@ pub(crate) enum UpstreamBody {
     Buffered(usize),
     Length(u64),
     Chunked,
+}
+
+impl UpstreamBody {
+    /// A buffered body goes with its buffer's length; a streamed one keeps the
+    /// client's length, or is chunked when the client's length is unknown.
+    pub(crate) fn for_request(buffered: Option<&bytes::Bytes>, body: BodyKind) -> Self {
+        match (buffered, body) {
+            (Some(b), _) => UpstreamBody::Buffered(b.len()),
+            (None, BodyKind::Length(n)) => UpstreamBody::Length(n),
+            (None, _) => UpstreamBody::Chunked,
+        }
+    }
+
+    /// How the streamed body's bytes are written upstream.
+    pub(crate) fn framing(self) -> OutFraming {
+        if self == UpstreamBody::Chunked {
+            OutFraming::Chunked
+        } else {
+            OutFraming::Raw
+        }
+    }
+}
+
+/// The `x-request-id` to add upstream: empty when the client sent one, else a
+/// new random UUID written into `buf`.
+pub(crate) fn new_request_id<'a>(
+    headers: &crate::codec::Headers,
+    rng: &mut impl rand::Rng,
+    buf: &'a mut [u8; 36],
+) -> &'a [u8] {
+    if headers.contains("x-request-id") {
+        return &[];
+    }
+    let random: [u8; 16] = rng.random();
+    uuid::Builder::from_random_bytes(random)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(buf);
+    buf
 }
 
 #[allow(clippy::too_many_arguments)]
