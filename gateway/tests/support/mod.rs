@@ -53,12 +53,20 @@ impl Drop for TempConfig {
 }
 
 /// A loopback port nobody listens on right now.
+/// A port that is free now, picked below the kernel's ephemeral range (32768 and up): a
+/// port the kernel handed out for `:0` could be handed again to the gateway's own admin or
+/// metrics server, bound to `:0` before the gateway binds the listener on it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(131);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (start.wrapping_add(n) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
