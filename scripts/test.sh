@@ -3,6 +3,8 @@
 # tests need on Debian when missing, then checks formatting, lints and runs
 # every test of the workspace.
 set -euo pipefail
+# Incremental caches are for editing sessions; in CI they only cost disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 cd "$(dirname "$0")/.."
 
 need=()

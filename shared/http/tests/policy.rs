@@ -324,6 +324,10 @@ fn mirror_gets_a_copy_and_the_main_request_is_unaffected() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The head is recorded before the body has been read, so wait for the body too.
+    while mirror_up.seen.body_bytes.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(mirror_up.seen.body_bytes.load(Ordering::SeqCst), 3);
     assert_eq!(get(&gw, "/broken-mirror").status, 200);
 }
