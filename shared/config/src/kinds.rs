@@ -82,6 +82,8 @@ pub struct Resources {
     pub destination_rules: BTreeMap<Key, Object<crate::DestinationRuleSpec>>,
     /// policy.ringmesh.io/v1alpha1 LocalRateLimitPolicy.
     pub local_rate_limits: BTreeMap<Key, Object<crate::LocalRateLimitPolicySpec>>,
+    /// Istio VirtualService (networking.istio.io v1/v1beta1/v1alpha3).
+    pub virtual_services: BTreeMap<Key, Object<crate::VirtualServiceSpec>>,
 }
 
 impl Resources {
@@ -104,6 +106,7 @@ impl Resources {
             + self.peer_authentications.len()
             + self.destination_rules.len()
             + self.local_rate_limits.len()
+            + self.virtual_services.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -11,6 +11,7 @@ mod l4_routes;
 mod load;
 mod rate_limit_policy;
 mod security;
+pub mod virtual_service;
 
 pub use destination_rule::*;
 pub use errors::ConfigError;
@@ -19,6 +20,7 @@ pub use kinds::*;
 pub use l4_routes::{TcpRouteSpec, TlsRouteSpec};
 pub use load::{load_path, load_str, load_strs};
 pub use rate_limit_policy::*;
+pub use virtual_service::{validate_virtual_service, VirtualServiceSpec};
 
 /// Re-exported so that consumers use the very same spec types.
 pub use gateway_api;

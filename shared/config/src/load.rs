@@ -160,6 +160,7 @@ enum KnownKind {
     PeerAuthentication,
     DestinationRule,
     LocalRateLimitPolicy,
+    VirtualService,
 }
 
 impl KnownKind {
@@ -185,6 +186,7 @@ impl KnownKind {
             ("security.istio.io", "AuthorizationPolicy") => KnownKind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => KnownKind::PeerAuthentication,
             ("networking.istio.io", "DestinationRule") => KnownKind::DestinationRule,
+            ("networking.istio.io", "VirtualService") => KnownKind::VirtualService,
             ("policy.ringmesh.io", "LocalRateLimitPolicy") => KnownKind::LocalRateLimitPolicy,
             _ => return None,
         };
@@ -204,7 +206,7 @@ impl KnownKind {
             KnownKind::LocalRateLimitPolicy => version == "v1alpha1",
             KnownKind::TlsRoute => crate::l4_routes::tls_route_version(version),
             KnownKind::TcpRoute => crate::l4_routes::tcp_route_version(version),
-            KnownKind::ServiceEntry | KnownKind::DestinationRule => {
+            KnownKind::ServiceEntry | KnownKind::DestinationRule | KnownKind::VirtualService => {
                 matches!(version, "v1" | "v1beta1" | "v1alpha3")
             }
         };
@@ -230,6 +232,7 @@ impl KnownKind {
             KnownKind::PeerAuthentication => "PeerAuthentication",
             KnownKind::DestinationRule => "DestinationRule",
             KnownKind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
+            KnownKind::VirtualService => "VirtualService",
         }
     }
 
@@ -494,6 +497,13 @@ impl Loader {
                     })
                     .map(|s| insert(&mut self.resources.local_rate_limits, &meta, s))
             }
+            KnownKind::VirtualService => typed::<crate::VirtualServiceSpec>(spec, "spec")
+                .and_then(|s| {
+                    crate::validate_virtual_service(&s)
+                        .map(|()| s)
+                        .map_err(|(field, message)| FieldError::at(field, message))
+                })
+                .map(|s| insert(&mut self.resources.virtual_services, &meta, s)),
         };
         match result {
             Err(e) => self.error(file, Some(object_name), e),
