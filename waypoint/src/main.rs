@@ -15,14 +15,13 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use mesh_http::upstream::connect::{install_hbone_upstream, HboneUpstream};
 use mesh_registry::workloads::{spiffe_identity, WorkloadRegistry, DEFAULT_TRUST_DOMAIN};
 use mesh_registry::{ObjectRef, Snapshot};
 use mesh_runtime::{IoDriver, RuntimeOptions, WorkerHandle};
-use mesh_tls::{CertificateAuthority, HboneTls, Identity, WorkloadCert};
+use mesh_tls::{Identity, LocalCertificates};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -135,18 +134,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let identity: Identity = identity
         .parse()
         .map_err(|e| anyhow::anyhow!("waypoint identity {identity}: {e}"))?;
-    std::fs::create_dir_all(&args.ca_dir)
-        .with_context(|| format!("cannot create the CA folder {}", args.ca_dir.display()))?;
-    let ca = CertificateAuthority::load_or_generate(
-        &args.ca_dir.join("root-cert.pem"),
-        &args.ca_dir.join("ca-key.pem"),
-        &args.trust_domain,
-    )
-    .with_context(|| format!("CA in {}", args.ca_dir.display()))?;
-    let cert = ca.issue_workload_cert(&identity)?;
-    let tls = Arc::new(HboneTls::from_workload_cert(ca.root_pem(), &cert)?);
+    let mut certs = LocalCertificates::from_ca_dir(&args.ca_dir, &args.trust_domain)?;
+    let tls = certs.tls_for(&identity)?;
     tracing::info!(%identity, "workload certificate issued");
-    spawn_renewal(ca, cert, tls.clone())?;
+    certs.spawn_renewal("waypoint-cert-renewal")?;
 
     let options = RuntimeOptions {
         workers: args.workers.unwrap_or_else(mesh_runtime::default_workers),
@@ -225,38 +216,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         NoPorts
     })
-}
-
-/// Renews the certificate at half-life; new handshakes use the new one.
-fn spawn_renewal(
-    ca: CertificateAuthority,
-    mut cert: WorkloadCert,
-    tls: Arc<HboneTls>,
-) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("waypoint-cert-renewal".into())
-        .spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(30));
-            if !cert.should_renew(std::time::SystemTime::now()) {
-                continue;
-            }
-            let renewed = ca
-                .issue_workload_cert(&cert.identity)
-                .map_err(|e| e.to_string())
-                .and_then(|new| {
-                    tls.cert_store().rotate(&new).map_err(|e| e.to_string())?;
-                    Ok(new)
-                });
-            match renewed {
-                Ok(new) => {
-                    tracing::info!(identity = %new.identity, "workload certificate renewed");
-                    cert = new;
-                }
-                Err(e) => tracing::error!(error = %e, "certificate renewal failed; retrying"),
-            }
-        })
-        .context("cannot start the certificate renewal thread")?;
-    Ok(())
 }
 
 /// The runtime's per-port handler: the waypoint's only listener (HBONE) is

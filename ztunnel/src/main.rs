@@ -18,20 +18,18 @@ mod outbound;
 mod proxy;
 mod sockets;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use mesh_registry::workloads::{WorkloadRegistry, DEFAULT_TRUST_DOMAIN};
 use mesh_registry::Snapshot;
 use mesh_runtime::{IoDriver, RuntimeOptions};
-use mesh_tls::{CertificateAuthority, HboneTls, Identity};
+use mesh_tls::{CertificateAuthority, Identity, LocalCertificates};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -106,24 +104,16 @@ fn load_registry(path: &Path, trust_domain: &str) -> anyhow::Result<WorkloadRegi
     Ok(WorkloadRegistry::build(&loaded.resources, trust_domain))
 }
 
-fn load_ca(args: &Args) -> anyhow::Result<CertificateAuthority> {
+fn load_ca(args: &Args) -> anyhow::Result<LocalCertificates> {
     match &args.ca_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the CA folder {}", dir.display()))?;
-            let ca = CertificateAuthority::load_or_generate(
-                &dir.join("root-cert.pem"),
-                &dir.join("ca-key.pem"),
-                &args.trust_domain,
-            )
-            .with_context(|| format!("CA in {}", dir.display()))?;
-            Ok(ca)
-        }
+        Some(dir) => Ok(LocalCertificates::from_ca_dir(dir, &args.trust_domain)?),
         None => {
             tracing::warn!(
                 "no --ca-dir: using a throw-away CA; other ztunnels will not trust this one"
             );
-            Ok(CertificateAuthority::generate(&args.trust_domain)?)
+            Ok(LocalCertificates::new(CertificateAuthority::generate(
+                &args.trust_domain,
+            )?))
         }
     }
 }
@@ -139,11 +129,8 @@ struct Started {
 /// in-process CA.
 fn start_standalone(args: &Args) -> anyhow::Result<Started> {
     let registry = load_registry(&args.config, &args.trust_domain)?;
-    let ca = load_ca(args)?;
-
     // One certificate per identity (pods sharing a service account share it).
-    let mut tls_by_identity: HashMap<String, Arc<HboneTls>> = HashMap::new();
-    let mut renewals = Vec::new();
+    let mut certs = load_ca(args)?;
     let mut pods = Vec::new();
     for workload in registry.captured_on_node(&args.node) {
         let netns_path = workload.netns.clone().expect("captured pods have a netns");
@@ -154,27 +141,18 @@ fn start_standalone(args: &Args) -> anyhow::Result<Started> {
                 continue;
             }
         };
-        let tls = match tls_by_identity.get(&workload.identity) {
-            Some(tls) => tls.clone(),
-            None => {
-                let identity: Identity = workload
-                    .identity
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("pod {}: {e}", workload.uid))?;
-                let cert = ca.issue_workload_cert(&identity)?;
-                let tls = Arc::new(HboneTls::from_workload_cert(ca.root_pem(), &cert)?);
-                tls_by_identity.insert(workload.identity.clone(), tls.clone());
-                renewals.push((cert, tls.clone()));
-                tls
-            }
-        };
+        let identity: Identity = workload
+            .identity
+            .parse()
+            .map_err(|e| anyhow::anyhow!("pod {}: {e}", workload.uid))?;
+        let tls = certs.tls_for(&identity)?;
         pods.push(proxy::CapturedPod {
             workload,
             netns,
             tls,
         });
     }
-    spawn_renewal(ca, renewals)?;
+    certs.spawn_renewal("ztunnel-cert-renewal")?;
     Ok(Started {
         registry: Arc::new(ArcSwap::from_pointee(registry)),
         pods,
@@ -260,43 +238,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         proxy::start_worker(&shared, worker);
         NoPorts
     })
-}
-
-/// Renews each workload certificate at half-life. Rotation swaps the
-/// certificate new handshakes use; established connections keep theirs.
-fn spawn_renewal(
-    ca: CertificateAuthority,
-    mut certs: Vec<(mesh_tls::WorkloadCert, Arc<HboneTls>)>,
-) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("ztunnel-cert-renewal".into())
-        .spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(30));
-            let now = std::time::SystemTime::now();
-            for (cert, tls) in certs.iter_mut() {
-                if !cert.should_renew(now) {
-                    continue;
-                }
-                let renewed = ca
-                    .issue_workload_cert(&cert.identity)
-                    .map_err(|e| e.to_string())
-                    .and_then(|new| {
-                        tls.cert_store().rotate(&new).map_err(|e| e.to_string())?;
-                        Ok(new)
-                    });
-                match renewed {
-                    Ok(new) => {
-                        tracing::info!(identity = %new.identity, "workload certificate renewed");
-                        *cert = new;
-                    }
-                    Err(e) => {
-                        tracing::error!(identity = %cert.identity, error = %e, "certificate renewal failed; retrying")
-                    }
-                }
-            }
-        })
-        .context("cannot start the certificate renewal thread")?;
-    Ok(())
 }
 
 /// The runtime's per-port handler: ztunnel has no runtime-managed ports.

@@ -310,6 +310,20 @@ pub async fn connect(config: Arc<ClientConfig>, tcp: TcpStream) -> Result<TlsStr
         .await
 }
 
+/// Client handshake for ordinary (non-HBONE) TLS, e.g. to a backend outside the mesh:
+/// `server_name` is verified and sent as SNI as `config` says; no SPIFFE identity is
+/// required, so [`TlsStream::peer_identity`] must not be called on the result.
+pub async fn connect_plain(
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    tcp: TcpStream,
+) -> Result<TlsStream, TlsError> {
+    let conn = ClientConnection::new(config, server_name).map_err(TlsError::from_rustls)?;
+    let mut stream = TlsStream::new(tcp, Connection::Client(conn))?;
+    poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
 /// Server handshake: requires a client certificate from the trust domain.
 pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> Result<TlsStream, TlsError> {
     let conn = ServerConnection::new(config).map_err(TlsError::from_rustls)?;
