@@ -354,6 +354,7 @@ fn tls_policy(t: &ClientTlsSettings) -> UpstreamTlsPolicy {
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        ..Default::default()
     }
 }
 
