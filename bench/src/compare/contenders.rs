@@ -252,6 +252,28 @@ pub fn nginx_conf_with(
     backend: SocketAddr,
     tls: Option<&NginxTls<'_>>,
 ) -> String {
+    nginx_conf_at(dir, ([127, 0, 0, 1], port).into(), backend, tls)
+}
+
+/// nginx as a plain HTTP/1.1 reverse proxy inside the private user namespace
+/// of the HBONE topology (waypoint-latency's L7 reference hop), listening on
+/// `listen`. Single-process mode: there a master running as root cannot start
+/// a worker (`initgroups` fails: `unshare -U` denies setgroups), and one
+/// process is the same event loop as one worker.
+pub fn nginx_conf_in_user_namespace(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
+    nginx_conf_at(dir, listen, backend, None).replacen(
+        "master_process on;\n",
+        "master_process off;\n",
+        1,
+    )
+}
+
+fn nginx_conf_at(
+    dir: &Path,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    tls: Option<&NginxTls<'_>>,
+) -> String {
     let d = dir.display();
     let (listen_tls, tls_lines) = match tls {
         None => (String::new(), String::new()),
@@ -290,7 +312,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port}{listen_tls} reuseport backlog=4096;
+        listen {listen}{listen_tls} reuseport backlog=4096;
 {tls_lines}        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -419,6 +441,17 @@ mod tests {
             "{n2}"
         );
         assert!(!nginx_conf(Path::new("/tmp/x"), 9000, b).contains("ssl"));
+    }
+
+    #[test]
+    fn nginx_in_a_user_namespace_runs_one_process_on_the_pod_address() {
+        let b: SocketAddr = "10.0.2.3:8080".parse().unwrap();
+        let n =
+            nginx_conf_in_user_namespace(Path::new("/tmp/x"), "0.0.0.0:8081".parse().unwrap(), b);
+        assert!(n.contains("master_process off;"), "{n}");
+        assert!(!n.contains("master_process on;"), "{n}");
+        assert!(n.contains("listen 0.0.0.0:8081 reuseport"), "{n}");
+        assert!(n.contains("server 10.0.2.3:8080;"), "{n}");
         let h = haproxy_cfg_with(9443, b, &haproxy_bind_tls(Path::new("/c/bench.pem"), true));
         assert!(
             h.contains("bind 127.0.0.1:9443 ssl crt /c/bench.pem alpn h2,http/1.1"),

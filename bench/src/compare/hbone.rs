@@ -16,10 +16,9 @@ use super::procs::Proc;
 use super::Args;
 use anyhow::{bail, Context};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const INNER_ENV: &str = "RINGMESH_HBONE_BENCH_INNER";
 const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -43,17 +42,7 @@ impl Contender {
 }
 
 pub fn run(args: &Args, measure: Measure) -> anyhow::Result<()> {
-    if std::env::var_os(INNER_ENV).is_none() {
-        let status = Command::new("unshare")
-            .args(["-Urnm", "--"])
-            .arg(std::env::current_exe()?)
-            .args(std::env::args_os().skip(1))
-            .env(INNER_ENV, "1")
-            .status()
-            .context("running unshare -Urnm (user namespaces needed)")?;
-        if !status.success() {
-            bail!("the benchmark inside unshare -Urnm failed: {status}");
-        }
+    if !topo::reexec_in_namespaces()? {
         return Ok(());
     }
     inside(args, measure)

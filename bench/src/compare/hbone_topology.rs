@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const INNER_ENV: &str = "RINGMESH_HBONE_BENCH_INNER";
+
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const POD_A: &str = "10.0.1.2";
 pub const POD_B: &str = "10.0.2.2";
+pub const POD_C: &str = "10.0.1.3";
 pub const POD_D: &str = "10.0.2.3";
 pub const APP_PORT: u16 = 8080;
 
@@ -36,11 +39,53 @@ fn sh(script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pod namespace `hb-NAME` on node `node` (1 or 2) with address `ip`;
+/// `captured` pods get istio-cni's in-pod redirection rules.
+pub struct PodNet {
+    pub name: &'static str,
+    pub node: u8,
+    pub ip: &'static str,
+    pub captured: bool,
+}
+
+/// The four pods every HBONE scenario uses.
+const BASE_PODS: [PodNet; 4] = [
+    PodNet {
+        name: "a",
+        node: 1,
+        ip: POD_A,
+        captured: true,
+    },
+    PodNet {
+        name: "b",
+        node: 2,
+        ip: POD_B,
+        captured: true,
+    },
+    PodNet {
+        name: "c",
+        node: 1,
+        ip: POD_C,
+        captured: false,
+    },
+    PodNet {
+        name: "d",
+        node: 2,
+        ip: POD_D,
+        captured: false,
+    },
+];
+
 /// Nodes, wire, bridges, the four pods, and capture rules in a and b.
+pub fn build() -> anyhow::Result<()> {
+    build_with(&[])
+}
+
+/// `build`, plus `extra` pods (e.g. the waypoint's).
 /// Pods reuse TIME_WAIT ports: connrate opens tens of thousands of connections
 /// per pod pair, and without reuse connect() slows to ~100/s once half the
 /// ephemeral range is in TIME_WAIT (seen in the first runs).
-pub fn build() -> anyhow::Result<()> {
+pub fn build_with(extra: &[PodNet]) -> anyhow::Result<()> {
     sh("mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns
         ip link set lo up
         for n in 1 2; do
@@ -58,42 +103,53 @@ pub fn build() -> anyhow::Result<()> {
         ip -n hb-node2 link set wire2 up
         ip -n hb-node1 route add 10.0.2.0/24 via 192.168.0.2
         ip -n hb-node2 route add 10.0.1.0/24 via 192.168.0.1")?;
-    for (name, node, ip, captured) in [
-        ("a", 1, POD_A, true),
-        ("b", 2, POD_B, true),
-        ("c", 1, "10.0.1.3", false),
-        ("d", 2, POD_D, false),
-    ] {
+    for pod in BASE_PODS.iter().chain(extra) {
+        add_pod(pod)?;
+    }
+    Ok(())
+}
+
+fn add_pod(pod: &PodNet) -> anyhow::Result<()> {
+    let PodNet {
+        name,
+        node,
+        ip,
+        captured,
+    } = *pod;
+    sh(&format!(
+        "ip netns add hb-{name}
+         ip link add v-{name} netns hb-node{node} type veth peer name eth0 netns hb-{name}
+         ip -n hb-node{node} link set v-{name} master br0 up
+         ip -n hb-{name} link set lo up
+         ip -n hb-{name} addr add {ip}/24 dev eth0
+         ip -n hb-{name} link set eth0 up
+         ip -n hb-{name} route add default via 10.0.{node}.1
+         nsenter --net=/run/netns/hb-{name} sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo 1024 65000 > /proc/sys/net/ipv4/ip_local_port_range'"
+    ))?;
+    if captured {
         sh(&format!(
-            "ip netns add hb-{name}
-             ip link add v-{name} netns hb-node{node} type veth peer name eth0 netns hb-{name}
-             ip -n hb-node{node} link set v-{name} master br0 up
-             ip -n hb-{name} link set lo up
-             ip -n hb-{name} addr add {ip}/24 dev eth0
-             ip -n hb-{name} link set eth0 up
-             ip -n hb-{name} route add default via 10.0.{node}.1
-             nsenter --net=/run/netns/hb-{name} sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo 1024 65000 > /proc/sys/net/ipv4/ip_local_port_range'"
+            "ns='nsenter --net=/run/netns/hb-{name}'
+             $ns iptables -t mangle -A PREROUTING -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+             $ns iptables -t mangle -A OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark
+             $ns iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN
+             $ns iptables -t nat -A OUTPUT -p tcp -o lo -j RETURN
+             $ns iptables -t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001
+             $ns iptables -t nat -A PREROUTING -p tcp --dport 15008 -j RETURN
+             $ns iptables -t nat -A PREROUTING -p tcp ! -i lo -j REDIRECT --to-ports 15006
+             ip -n hb-{name} rule add fwmark 0x111/0xfff pref 32764 lookup 100
+             ip -n hb-{name} route add local 0.0.0.0/0 dev lo table 100"
         ))?;
-        if captured {
-            sh(&format!(
-                "ns='nsenter --net=/run/netns/hb-{name}'
-                 $ns iptables -t mangle -A PREROUTING -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
-                 $ns iptables -t mangle -A OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark
-                 $ns iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x539/0xfff -j RETURN
-                 $ns iptables -t nat -A OUTPUT -p tcp -o lo -j RETURN
-                 $ns iptables -t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001
-                 $ns iptables -t nat -A PREROUTING -p tcp --dport 15008 -j RETURN
-                 $ns iptables -t nat -A PREROUTING -p tcp ! -i lo -j REDIRECT --to-ports 15006
-                 ip -n hb-{name} rule add fwmark 0x111/0xfff pref 32764 lookup 100
-                 ip -n hb-{name} route add local 0.0.0.0/0 dev lo table 100"
-            ))?;
-        }
     }
     Ok(())
 }
 
 /// The mesh config for the ztunnels (pods a and b) and the shared CA files.
 pub fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    write_config_with(dir, "")
+}
+
+/// `write_config` with more YAML documents (`---`-separated) appended.
+pub fn write_config_with(dir: &Path, extra_yaml: &str) -> anyhow::Result<PathBuf> {
     let ca = mesh_tls::CertificateAuthority::generate(TRUST_DOMAIN)?;
     ca.write(&dir.join("root-cert.pem"), &dir.join("ca-key.pem"))?;
     let pod = |name: &str, node: u8, ip: &str| {
@@ -108,7 +164,11 @@ pub fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("mesh.yaml");
     std::fs::write(
         &path,
-        format!("{}---\n{}", pod("a", 1, POD_A), pod("b", 2, POD_B)),
+        format!(
+            "{}---\n{}{extra_yaml}",
+            pod("a", 1, POD_A),
+            pod("b", 2, POD_B)
+        ),
     )?;
     Ok(path)
 }
@@ -138,17 +198,42 @@ pub fn start_ztunnel(bin: &Path, cpu: usize, node: u8, dir: &Path) -> anyhow::Re
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
     let mut p = Proc::spawn(&format!("ztunnel node{node}"), cmd)?;
+    wait_healthz(&mut p, &netns(&format!("node{node}")))?;
+    Ok(p)
+}
+
+/// Waits until `p` (a ztunnel or the waypoint, inside namespace `ns`)
+/// answers 200 on 127.0.0.1:15021/healthz/ready.
+pub fn wait_healthz(p: &mut Proc, ns: &str) -> anyhow::Result<()> {
     let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
-    let ns = netns(&format!("node{node}"));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while on_thread_in(&ns, move || http_status(ready, "/healthz/ready"))? != Some(200) {
+    while on_thread_in(ns, move || http_status(ready, "/healthz/ready"))? != Some(200) {
         p.check_alive()?;
         if Instant::now() > deadline {
-            bail!("ztunnel node{node} never became ready");
+            bail!("{} never became ready", p.name);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(p)
+    Ok(())
+}
+
+/// Re-runs this program (same arguments) under `unshare -Urnm`, where the
+/// scenario builds its topology; Ok(true) when already inside.
+pub fn reexec_in_namespaces() -> anyhow::Result<bool> {
+    if std::env::var_os(INNER_ENV).is_some() {
+        return Ok(true);
+    }
+    let status = Command::new("unshare")
+        .args(["-Urnm", "--"])
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(INNER_ENV, "1")
+        .status()
+        .context("running unshare -Urnm (user namespaces needed)")?;
+    if !status.success() {
+        bail!("the benchmark inside unshare -Urnm failed: {status}");
+    }
+    Ok(false)
 }
 
 /// A long-running helper (`bench reftunnel ...`) that prints one line once listening.
@@ -166,7 +251,7 @@ pub fn start_listening(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
 }
 
 /// Runs `f` on a new thread inside network namespace `ns`.
-fn on_thread_in<T: Send + 'static>(
+pub fn on_thread_in<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {

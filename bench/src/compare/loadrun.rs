@@ -5,6 +5,7 @@ use super::procs::pinned_command;
 use super::wrk::LoadResult;
 use anyhow::{anyhow, bail, Context};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 pub fn run_bench_load(
@@ -40,7 +41,22 @@ pub fn run_bench_load_with(
     extra: &[String],
     json_path: &Path,
 ) -> anyhow::Result<LoadResult> {
-    let out = pinned_command(cpu, &bench_bin.to_string_lossy())
+    let cmd = pinned_command(cpu, &bench_bin.to_string_lossy());
+    run_bench_load_cmd(cmd, url, connections, duration, qps, extra, json_path)
+}
+
+/// `bench load` started by `cmd` (this program, pinned, perhaps inside a
+/// network namespace), with `-t1` and the given settings.
+pub fn run_bench_load_cmd(
+    mut cmd: Command,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    qps: Option<f64>,
+    extra: &[String],
+    json_path: &Path,
+) -> anyhow::Result<LoadResult> {
+    let out = cmd
         .args(["load", "-t1", "-q", "--no-progress"])
         .args(extra)
         .arg(format!("--qps={}", qps.unwrap_or(0.0)))

@@ -11,6 +11,7 @@ mod contenders;
 mod hbone;
 mod hbone_report;
 mod hbone_topology;
+mod loadgen_target;
 mod loadrun;
 mod procs;
 mod report;
@@ -18,6 +19,9 @@ mod selfcheck;
 mod svg;
 mod tls_setup;
 mod tools;
+mod waypoint_latency;
+mod waypoint_report;
+mod waypoint_setup;
 mod wrk;
 
 use crate::load::fortio::rfc3339;
@@ -48,6 +52,9 @@ pub enum Scenario {
     HboneBulk,
     /// New tunneled connection per request: connections/s (hbone.rs).
     HboneConnrate,
+    /// What a waypoint hop costs: direct vs ztunnel (L4) vs ztunnel + waypoint
+    /// vs an nginx hop, latency at --qps and max rate (waypoint_latency.rs).
+    WaypointLatency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,7 +83,20 @@ pub struct Args {
     /// runs h2load and `bench load --h2`; gateway-https always uses bench load).
     #[arg(long, value_enum, default_value = "wrk")]
     pub tool: Tool,
-    /// gateway-h2: concurrent streams per connection (h2load -m).
+    /// waypoint-latency: the fixed open-loop rate (requests/s) the latency
+    /// percentiles are measured at.
+    #[arg(long, default_value_t = 1000.0)]
+    pub qps: f64,
+    /// loadgen: which checks to run (http: vs wrk; https: vs wrk over TLS;
+    /// h2: vs h2load), comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "http,https,h2"
+    )]
+    pub modes: Vec<loadgen_target::Mode>,
+    /// gateway-h2 and loadgen h2: concurrent streams per connection (h2load -m).
     #[arg(long, default_value_t = 16)]
     pub streams: usize,
     /// Contenders, in order (comma separated).
@@ -118,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Loadgen => selfcheck::loadgen(&args),
         Scenario::HboneBulk => hbone::run(&args, hbone::Measure::Bulk),
         Scenario::HboneConnrate => hbone::run(&args, hbone::Measure::Connrate),
+        Scenario::WaypointLatency => waypoint_latency::run(&args),
     }
 }
 
@@ -232,6 +253,7 @@ fn one_run(
             connections: args.connections,
             streams: args.streams,
             duration,
+            qps: None,
             json_tmp,
         };
         return tls_setup::run(load, &settings, addr);

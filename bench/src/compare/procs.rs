@@ -146,6 +146,20 @@ fn process_tree_cpu_seconds(root: u32) -> f64 {
     total as f64 / clock_ticks_per_second()
 }
 
+/// CPU seconds (user + system) of this process's children that have been
+/// waited for: around a `Command::output()` of a pinned tool, the delta is
+/// that tool's own CPU time (taskset execs it, so it is the child).
+pub fn waited_children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN with a pointer to our own struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -166,6 +180,20 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// GET `path` on `addr` (Connection: close); the whole response, if any.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 /// Wait until `addr` answers `path` with 200, or fail after `timeout`.
@@ -200,6 +228,19 @@ mod tests {
         let line = "1234 (nginx: worker (x) 1) S 1200 1234 1234 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 1 0 5 1000 10";
         assert_eq!(parse_proc_stat(line), Some((1200, 320)));
         assert_eq!(parse_proc_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_waited_child_cpu_time_is_counted() {
+        let before = waited_children_cpu_seconds();
+        // A child that burns ~0.3 s of CPU, then is waited for.
+        let status = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let after = waited_children_cpu_seconds();
+        assert!(after > before, "{before} -> {after}");
     }
 
     #[test]

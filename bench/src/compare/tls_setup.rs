@@ -102,6 +102,8 @@ pub struct LoadSettings<'a> {
     pub connections: usize,
     pub streams: usize,
     pub duration: Duration,
+    /// Open loop at this rate (`bench load` only; h2load always runs closed).
+    pub qps: Option<f64>,
     pub json_tmp: &'a Path,
 }
 
@@ -126,7 +128,7 @@ pub fn run(load: TlsLoad, s: &LoadSettings<'_>, addr: SocketAddr) -> anyhow::Res
                 &url,
                 s.connections,
                 s.duration,
-                None,
+                s.qps,
                 &extra,
                 s.json_tmp,
             )
