@@ -128,6 +128,12 @@ pub(crate) async fn handle<S: ClientStream>(
         }
         None => {}
     }
+    if let Some(fault) = plan.fault {
+        if let Some(abort) = crate::filters::fault::inject(fault, &h.rng).await {
+            let (status, headers, body) = crate::filters::fault::http1_answer(abort, &req);
+            return answer(h, c, &req, &reader, start, status, &headers, body, None).await;
+        }
+    }
     let Some(backend) = backend else {
         return Outcome::Close;
     };

@@ -30,17 +30,28 @@ pub(crate) fn next_try(
     max_tries: u32,
     expired: bool,
 ) -> Option<RetryPermit> {
-    let retriable = match outcome {
-        Ok((_, resp)) => retry.is_some_and(|p| p.codes.contains(&resp.status)),
-        Err(AttemptError::Connect | AttemptError::Reset { .. } | AttemptError::Timeout) => {
-            retry.is_some()
-        }
-        Err(_) => false,
+    let retriable = match (outcome, retry) {
+        (_, None) => false,
+        (Ok((_, resp)), Some(p)) => p.codes.contains(&resp.status) || grpc_retriable(p, resp),
+        (Err(AttemptError::Connect), Some(p)) => p.on_connect_failure,
+        (Err(AttemptError::Reset { .. } | AttemptError::Timeout), Some(p)) => p.on_reset,
+        (Err(_), Some(_)) => false,
     };
     if !retriable || tries >= max_tries || expired {
         return None;
     }
     h.policy.retry_permit(cluster).ok()
+}
+
+/// A trailers-only gRPC answer whose `grpc-status` the policy retries.
+fn grpc_retriable(policy: &RetryPolicy, resp: &ResponseHead) -> bool {
+    !policy.grpc_codes.is_empty()
+        && resp
+            .headers
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_some_and(|code| policy.grpc_codes.contains(&code))
 }
 
 /// Sleeps the jittered back-off before the next try. False when the request

@@ -338,6 +338,9 @@ fn retry_rule(c: &Arc<Cluster>, codes: Vec<u16>, attempts: u32) -> RouteRule {
         codes,
         attempts,
         backoff: Some(Duration::from_millis(1)),
+        on_connect_failure: true,
+        on_reset: true,
+        grpc_codes: Vec::new(),
     });
     r
 }

@@ -127,6 +127,9 @@ pub enum PathMatch {
     Prefix(String),
     /// Compiled anchored (`^(?:...)$`) by translation: it must match the whole path.
     Regex(#[serde(serialize_with = "serialize_regex")] regex::Regex),
+    /// Plain string prefix (Istio VirtualService `uri.prefix`): `/v2` also
+    /// matches `/v2x`. A prefix rewrite replaces exactly these characters.
+    StringPrefix(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,11 +186,18 @@ pub struct Timeouts {
     pub backend_request: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RetryPolicy {
-    /// Upstream status codes that trigger a retry. Connection failures
-    /// (refused, reset, no response) always do when a retry policy is set.
+    /// Upstream status codes that trigger a retry.
     pub codes: Vec<u16>,
+    /// `grpc-status` values of a response's headers (trailers-only answers)
+    /// that trigger a retry (VirtualService `retryOn: unavailable,...`).
+    pub grpc_codes: Vec<u32>,
+    /// Retry when no connection could be made (HTTPRoute: always).
+    pub on_connect_failure: bool,
+    /// Retry when the upstream reset or closed before a response, or a try
+    /// timed out (HTTPRoute: always).
+    pub on_reset: bool,
     /// Number of retries after the first try.
     pub attempts: u32,
     /// Base backoff between tries.
@@ -287,6 +297,39 @@ pub enum Filter {
     UrlRewrite(UrlRewrite),
     Mirror(Mirror),
     Cors(Arc<CorsPolicy>),
+    /// Fault injection (VirtualService `fault`): delay and/or abort before
+    /// the upstream call.
+    Fault(Arc<FaultInjection>),
+}
+
+/// Envoy's fault filter: the delay first (its own percentage), then the
+/// abort (its own percentage), answered locally.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultInjection {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultDelay {
+    pub duration: Duration,
+    /// Share of requests delayed, 0..=100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultAbort {
+    pub status: AbortStatus,
+    /// Share of requests aborted, 0..=100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AbortStatus {
+    /// This HTTP status (gRPC requests get its gRPC mapping).
+    Http(u16),
+    /// HTTP 200 with this `grpc-status` (trailers-only for gRPC requests).
+    Grpc(u32),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -388,6 +431,7 @@ impl PathMatch {
                     && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
             PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::StringPrefix(p) => path.starts_with(p.as_str()),
         }
     }
 }

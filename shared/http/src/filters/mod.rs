@@ -2,6 +2,7 @@
 //! route lists them; backend-level filters run after the rule's.
 
 pub mod cors;
+pub mod fault;
 pub mod headers;
 pub mod mirror;
 pub(crate) mod plan;

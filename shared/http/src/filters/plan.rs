@@ -2,7 +2,7 @@
 //! to do later (response headers, CORS, mirrors), or a local answer instead.
 
 use bytes::Bytes;
-use mesh_registry::{CorsPolicy, Filter, HeaderModifier, Mirror, RouteEntry};
+use mesh_registry::{CorsPolicy, FaultInjection, Filter, HeaderModifier, Mirror, RouteEntry};
 
 use crate::codec::{Headers, RequestHead};
 use crate::filters::{cors, headers as header_filter, redirect, rewrite};
@@ -14,6 +14,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) response_modifiers: Vec<&'a HeaderModifier>,
     pub(crate) cors: Option<&'a CorsPolicy>,
     pub(crate) mirrors: Vec<&'a Mirror>,
+    /// Fault injection to run before the upstream call (`filters::fault`).
+    pub(crate) fault: Option<&'a FaultInjection>,
 }
 
 /// The gateway answers instead of forwarding.
@@ -62,6 +64,7 @@ pub(crate) fn apply_filters<'a>(
                 }
             }
             Filter::Mirror(m) => plan.mirrors.push(m),
+            Filter::Fault(f) => plan.fault = Some(f),
             Filter::Cors(p) => {
                 if cors::is_preflight(req) {
                     return Some(LocalAnswer::Preflight(cors::preflight_headers(p, req)));

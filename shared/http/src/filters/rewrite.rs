@@ -21,6 +21,17 @@ pub fn rewrite_path(target: &[u8], modifier: &PathModifier, matched: &PathMatch)
             let prefix: &[u8] = match matched {
                 PathMatch::Prefix(p) | PathMatch::Exact(p) => p.as_bytes(),
                 PathMatch::Regex(_) => b"",
+                // Istio/Envoy prefix_rewrite: exactly the matched characters are replaced.
+                PathMatch::StringPrefix(p) => {
+                    let rest = path.strip_prefix(p.as_bytes()).unwrap_or(path);
+                    let mut v = replacement.as_bytes().to_vec();
+                    v.extend_from_slice(rest);
+                    if v.is_empty() {
+                        v.push(b'/');
+                    }
+                    v.extend_from_slice(query);
+                    return v;
+                }
             };
             replace_prefix(path, prefix, replacement.as_bytes())
         }
@@ -82,6 +93,16 @@ mod tests {
                 "{path} {prefix} {repl}"
             );
         }
+    }
+
+    #[test]
+    fn a_string_prefix_is_replaced_character_for_character() {
+        let m = PathMatch::StringPrefix("/v1/".into());
+        let modifier = PathModifier::ReplacePrefixMatch("/".into());
+        assert_eq!(rewrite_path(b"/v1/a?q=1", &modifier, &m), b"/a?q=1");
+        let m = PathMatch::StringPrefix("/v1".into());
+        let modifier = PathModifier::ReplacePrefixMatch("/v2".into());
+        assert_eq!(rewrite_path(b"/v1x/a", &modifier, &m), b"/v2x/a");
     }
 
     #[test]

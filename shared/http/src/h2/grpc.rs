@@ -44,14 +44,16 @@ pub fn grpc_status_for_http(status: u16) -> u32 {
 
 /// A trailers-only gRPC answer for an error the proxy generated.
 pub fn trailers_only(http_status: u16, message: &str) -> Response<()> {
+    trailers_only_status(grpc_status_for_http(http_status), message)
+}
+
+/// A trailers-only gRPC answer with this gRPC status (e.g. an injected fault).
+pub fn trailers_only_status(grpc_status: u32, message: &str) -> Response<()> {
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert(
-        "grpc-status",
-        HeaderValue::from(grpc_status_for_http(http_status)),
-    );
+    h.insert("grpc-status", HeaderValue::from(grpc_status));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(message.trim_end())) {
         h.insert("grpc-message", v);
     }

@@ -75,6 +75,30 @@ impl Stream<'_> {
     }
 }
 
+impl Stream<'_> {
+    /// A fault-injection abort (`filters::fault`): the HTTP status (gRPC
+    /// requests: its gRPC mapping), or HTTP 200 with the gRPC status,
+    /// trailers-only for gRPC requests.
+    fn fault_abort(&mut self, abort: mesh_registry::AbortStatus) {
+        use crate::filters::fault::ABORT_BODY;
+        match abort {
+            mesh_registry::AbortStatus::Http(status) => {
+                self.local(status, &Headers::default(), ABORT_BODY, None)
+            }
+            mesh_registry::AbortStatus::Grpc(code) if self.grpc => {
+                let resp = grpc::trailers_only_status(code, ABORT_BODY);
+                let _ = self.respond.send_response(resp, true);
+                self.h
+                    .metrics
+                    .record_request(200, None, self.start.elapsed());
+            }
+            mesh_registry::AbortStatus::Grpc(_) => {
+                self.local(200, &Headers::default(), ABORT_BODY, None)
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve_request(
     h: &HttpHandler,
     conn: &Conn,
@@ -161,6 +185,11 @@ pub(crate) async fn serve_request(
         }
         Some(LocalAnswer::Preflight(headers)) => return s.local(200, &headers, "", None),
         None => {}
+    }
+    if let Some(fault) = plan.fault {
+        if let Some(abort) = crate::filters::fault::inject(fault, &h.rng).await {
+            return s.fault_abort(abort);
+        }
     }
     let Some(backend) = backend else { return };
     let cluster: Arc<Cluster> = match &backend.target {

@@ -23,6 +23,8 @@ mod matches;
 mod precedence;
 pub mod rate_limits;
 mod routes;
+mod virtual_services;
+mod virtual_services_apply;
 mod waypoint;
 
 #[cfg(test)]
@@ -118,7 +120,12 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
     ));
     grpc_attach::resolve_kind_conflicts(&mut gateways, &routes, &grpc_routes, &mut route_statuses);
 
-    let ports = build_ports(&gateways, &routes, &grpc_routes);
+    // VirtualServices bound to served Gateways join their listeners' host groups.
+    let virtual_services = virtual_services::compile_all(resources, &mut resolver);
+    let mut vs_report = virtual_services_apply::VsReport::default();
+    let vs_ctx = (&virtual_services[..], &mut vs_report);
+    let ports = build_ports(&gateways, &routes, &grpc_routes, vs_ctx);
+    route_statuses.extend(vs_report.statuses(&virtual_services));
     // TLSRoute/TCPRoute: attach, fill the L4 ports' tables, add their status.
     let ports = l4::translate_l4(
         ports,
@@ -231,6 +238,10 @@ fn build_ports(
     gateways: &[GatewayCtx<'_>],
     routes: &[CompiledRoute<'_>],
     grpc_routes: &[grpc::GrpcCompiledRoute<'_>],
+    (virtual_services, vs_report): (
+        &[virtual_services::CompiledVirtualService<'_>],
+        &mut virtual_services_apply::VsReport,
+    ),
 ) -> BTreeMap<u16, Arc<PortConfig>> {
     let mut sets: BTreeMap<u16, ListenerSet> = BTreeMap::new();
     let mut protocols: BTreeMap<u16, ListenerProtocol> = BTreeMap::new();
@@ -245,11 +256,20 @@ fn build_ports(
                 certs.add(hostname.as_deref(), key.clone());
                 names.push(hostname.unwrap_or_else(|| "*".into()));
             }
+            let mut vhosts = virtual_hosts(l, routes, grpc_routes);
+            virtual_services_apply::add_to_listener(
+                &mut vhosts,
+                &g.key,
+                l,
+                &attached_route_names(l, routes, grpc_routes),
+                virtual_services,
+                vs_report,
+            );
             let listener = Arc::new(crate::snapshot::Listener {
                 gateway: g.key.clone(),
                 name: l.name.clone(),
                 hostname: l.hostname.display(),
-                routes: virtual_hosts(l, routes, grpc_routes),
+                routes: vhosts,
             });
             let set = sets.entry(l.port).or_default();
             // Conflicts were resolved in `listeners::collect`, so each slot is free.
@@ -291,6 +311,33 @@ fn build_ports(
             )
         })
         .collect()
+}
+
+/// `Kind ns/name` of the HTTPRoutes and GRPCRoutes attached to `l`, per
+/// host group (what a VirtualService for that host loses to).
+fn attached_route_names<'l>(
+    l: &'l ListenerCtx,
+    routes: &[CompiledRoute<'_>],
+    grpc_routes: &[grpc::GrpcCompiledRoute<'_>],
+) -> HashMap<&'l HostKey, Vec<String>> {
+    let mut names: HashMap<&HostKey, Vec<String>> = HashMap::new();
+    let http = l
+        .attachments
+        .iter()
+        .map(|(ri, hosts)| (format!("HTTPRoute {}", routes[*ri].key), hosts));
+    let grpc = l
+        .grpc_attachments
+        .iter()
+        .map(|(ri, hosts)| (format!("GRPCRoute {}", grpc_routes[*ri].key), hosts));
+    for (name, hosts) in http.chain(grpc) {
+        for h in hosts {
+            let list = names.entry(h).or_default();
+            if !list.contains(&name) {
+                list.push(name.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Groups a listener's routes by intersected hostname. Every group also gets

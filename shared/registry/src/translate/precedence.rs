@@ -42,7 +42,7 @@ pub fn precedence_key(
     let (path_class, path_len) = match &m.path {
         PathMatch::Exact(p) => (0, p.len()),
         PathMatch::Regex(re) => (1, re.as_str().len()),
-        PathMatch::Prefix(p) => (2, p.len()),
+        PathMatch::Prefix(p) | PathMatch::StringPrefix(p) => (2, p.len()),
     };
     (
         source_host.specificity_rank(),

@@ -191,5 +191,9 @@ fn retry_policy(r: &HttpRouteRulesRetry) -> Result<RetryPolicy, String> {
         codes,
         attempts,
         backoff,
+        // Gateway API: connection errors are retried whenever a retry is configured.
+        on_connect_failure: true,
+        on_reset: true,
+        grpc_codes: Vec::new(),
     })
 }

@@ -46,6 +46,9 @@ pub fn translate_waypoint(
         .map(|(rank, r)| compile_route(r, rank, &mut resolver))
         .collect();
 
+    // Mesh VirtualServices: for Service ports no HTTPRoute takes (HTTPRoute wins).
+    let virtual_services = super::virtual_services::compile_all(resources, &mut resolver);
+    let mut vs_report = super::virtual_services_apply::VsReport::default();
     let mut by_vip = HashMap::new();
     for ((namespace, name), service) in &resources.services {
         let bound = matches!(
@@ -71,9 +74,26 @@ pub fn translate_waypoint(
                 namespace: namespace.clone(),
                 name: name.clone(),
             };
-            let (table, from_routes) = match gamma_table(&routes, &service_ref, port_number) {
-                Some(table) => (table, true),
-                None => (
+            let gamma = gamma_table(&routes, &service_ref, port_number);
+            let gamma_names = match gamma {
+                Some(_) => super::virtual_services_apply::gamma_route_names(
+                    resources,
+                    &service_ref,
+                    port_number,
+                ),
+                None => Vec::new(),
+            };
+            let vs_table = super::virtual_services_apply::service_table(
+                waypoint,
+                &service_ref,
+                port_number,
+                &gamma_names,
+                &virtual_services,
+                &mut vs_report,
+            );
+            let (table, from_routes) = match (gamma, vs_table) {
+                (Some(table), _) | (None, Some(table)) => (table, true),
+                (None, None) => (
                     default_table(&service_ref, port_number, &mut resolver),
                     false,
                 ),
@@ -89,10 +109,12 @@ pub fn translate_waypoint(
             );
         }
     }
-    Snapshot {
+    let mut snapshot = Snapshot {
         services: ServiceRoutes { by_vip },
         ..Default::default()
-    }
+    };
+    snapshot.status.routes = vs_report.statuses(&virtual_services);
+    snapshot
 }
 
 /// parentRefs that name a Service (core group).
