@@ -82,7 +82,7 @@ pub fn status_json(controller: &Controller) -> serde_json::Value {
         "generation": state.generation,
         "last_reload_error": state.last_reload_error,
         "config_errors": state.status.config_errors,
-        "resources": {"addresses": state.addresses, "authorizations": state.authorizations},
+        "resources": {"addresses": state.addresses, "authorizations": state.authorizations, "proxies": state.proxies},
         "gateway_api": state.status,
         "xds": {"connections": connections, "nacks": nacks},
     })

@@ -11,7 +11,7 @@ use mesh_api::type_url;
 use mesh_config::Resources;
 use mesh_registry::status::StatusReport;
 use mesh_registry::workloads::WorkloadRegistry;
-use mesh_registry::xds::XdsResources;
+use mesh_registry::xds::{l7, XdsResources};
 use mesh_registry::TranslateOptions;
 use mesh_xds::XdsServer;
 
@@ -33,6 +33,8 @@ pub struct State {
     pub status: StatusReport,
     pub addresses: usize,
     pub authorizations: usize,
+    /// `ringmesh.l7.v1.Proxy` resources, one per served Gateway.
+    pub proxies: usize,
     /// Set when the config path itself could not be read; the previous state keeps serving.
     pub last_reload_error: Option<String>,
     /// Node name → bootstrap token, from the Secret `istio-system/ringmesh-node-tokens`
@@ -92,6 +94,7 @@ impl Controller {
                     status: previous.status.clone(),
                     addresses: previous.addresses,
                     authorizations: previous.authorizations,
+                    proxies: previous.proxies,
                     last_reload_error: Some(message.clone()),
                     node_tokens: previous.node_tokens.clone(),
                 }));
@@ -114,18 +117,21 @@ impl Controller {
             gateway: None,
         };
         let status = mesh_registry::translate_loaded(&loaded, &translate_options).status;
+        let proxies = self.gateway_proxies(&loaded, &status);
         let (addresses, authorizations) =
             (resources.address_anys(), resources.authorization_anys());
-        let counts = (addresses.len(), authorizations.len());
+        let counts = (addresses.len(), authorizations.len(), proxies.len());
         self.xds.update(|batch| {
             batch.replace_type(type_url::ADDRESS, addresses);
             batch.replace_type(type_url::AUTHORIZATION, authorizations);
+            batch.replace_type(type_url::L7_PROXY, proxies);
         });
         let generation = self.state.load().generation + 1;
         tracing::info!(
             generation,
             addresses = counts.0,
             authorizations = counts.1,
+            proxies = counts.2,
             config_errors = loaded.errors.len(),
             "config published"
         );
@@ -135,12 +141,44 @@ impl Controller {
             status,
             addresses: counts.0,
             authorizations: counts.1,
+            proxies: counts.2,
             last_reload_error: None,
             node_tokens: node_tokens(&loaded.resources),
         }));
         ReloadOutcome::Published {
             config_errors: loaded.errors.len(),
         }
+    }
+}
+
+impl Controller {
+    /// One `ringmesh.l7.v1.Proxy` per Gateway we serve (those in `status`),
+    /// translated exactly as `gateway --config .. --gateway NS/NAME` would.
+    /// A Gateway that cannot be encoded keeps its last published resource.
+    fn gateway_proxies(
+        &self,
+        loaded: &mesh_config::Loaded,
+        status: &StatusReport,
+    ) -> Vec<(String, mesh_api::prost_types::Any)> {
+        let mut out = Vec::new();
+        for gateway in status.gateways.iter().map(|g| &g.gateway) {
+            let name = l7::resource_name(gateway);
+            let options = TranslateOptions {
+                gateway_class: self.options.gateway_class.clone(),
+                gateway: Some(gateway.clone()),
+            };
+            let snapshot = mesh_registry::translate(&loaded.resources, &options);
+            match l7::proxy_of(&snapshot, gateway, &loaded.resources) {
+                Ok(proxy) => out.push((name, l7::to_any(&proxy))),
+                Err(e) => {
+                    tracing::error!(gateway = %name, error = %e, "cannot publish the gateway's L7 config; keeping the last one");
+                    if let Some(last) = self.xds.get(type_url::L7_PROXY, &name) {
+                        out.push((name, last.resource));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -185,6 +223,9 @@ fn retain_last_good(new: &mut Resources, previous: &Resources, broken: &HashSet<
         gateway_classes,
         gateways,
         http_routes,
+        grpc_routes,
+        tls_routes,
+        tcp_routes,
         reference_grants,
         namespaces,
         services,
@@ -193,7 +234,10 @@ fn retain_last_good(new: &mut Resources, previous: &Resources, broken: &HashSet<
         service_entries,
         pods,
         authorization_policies,
-        peer_authentications
+        peer_authentications,
+        destination_rules,
+        local_rate_limits,
+        virtual_services
     );
 }
 

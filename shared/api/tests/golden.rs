@@ -363,7 +363,7 @@ fn l7_proxy_round_trips_and_keeps_its_field_numbers() {
                     backends: vec![l7::WeightedBackend {
                         backend: "ns/web:8080".into(),
                         weight: 90,
-                        filters: vec![],
+                        ..Default::default()
                     }],
                     ..Default::default()
                 }],

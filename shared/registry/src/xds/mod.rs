@@ -7,6 +7,7 @@
 //! cluster id), Service `NS/HOSTNAME`, Authorization `NS/NAME`.
 
 mod authorization;
+pub mod l7;
 mod reverse;
 mod services;
 mod workloads;
