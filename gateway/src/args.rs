@@ -56,6 +56,10 @@ pub struct Args {
     /// A request's header block must arrive within this, else 408.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = mesh_runtime::parse_duration)]
     pub request_header_timeout: Duration,
+
+    /// Into the mesh: --ca-dir, --trust-domain, --service-account.
+    #[command(flatten)]
+    pub mesh: crate::mesh::MeshArgs,
 }
 
 impl Args {

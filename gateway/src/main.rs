@@ -4,6 +4,7 @@
 mod args;
 mod handler;
 mod l4;
+mod mesh;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -79,9 +80,16 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
     // Watch first, then load: an edit made during the initial load is not missed.
     let reload_path = config.clone();
     let reload_options = translate_options.clone();
+    let mesh = mesh::Mesh::start(&args.mesh, args.gateway.as_ref(), &config)?;
+    let reload_mesh = mesh.clone();
     runtime.watch_config(
         config.clone(),
-        Box::new(move || build_snapshot(&reload_path, &reload_options)),
+        Box::new(move || {
+            if let Some(mesh) = &reload_mesh {
+                mesh.reload(&reload_path)?;
+            }
+            build_snapshot(&reload_path, &reload_options)
+        }),
     );
 
     let initial = build_snapshot(&config, &translate_options)?;
@@ -90,18 +98,21 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
 
     let http_options = args.http_options();
     let l4_options = l4::L4Options::from_http(&http_options);
-    runtime.run(move |worker| handler::GatewayHandler {
-        http: std::rc::Rc::new(mesh_http::HttpHandler::new(
-            snapshots.clone(),
-            metrics.workers[worker].clone(),
-            http_options.clone(),
-        )),
-        l4: std::rc::Rc::new(l4::L4Handler::new(
-            snapshots.clone(),
-            gateway_metrics.l4[worker].clone(),
-            l4_options.clone(),
-            worker,
-        )),
+    runtime.run(move |worker| {
+        mesh::install_upstream(mesh.as_deref(), &snapshots);
+        handler::GatewayHandler {
+            http: std::rc::Rc::new(mesh_http::HttpHandler::new(
+                snapshots.clone(),
+                metrics.workers[worker].clone(),
+                http_options.clone(),
+            )),
+            l4: std::rc::Rc::new(l4::L4Handler::new(
+                snapshots.clone(),
+                gateway_metrics.l4[worker].clone(),
+                l4_options.clone(),
+                worker,
+            )),
+        }
     })
 }
 

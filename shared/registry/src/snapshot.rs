@@ -259,13 +259,22 @@ pub struct ClusterPolicy {
 }
 
 /// DestinationRule `trafficPolicy.tls`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamTlsPolicy {
     /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
     pub mode: String,
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
     pub insecure_skip_verify: bool,
+    /// SIMPLE: the client settings built at translation (roots from
+    /// `caCertificates`, SNI, subjectAltNames).
+    #[serde(skip)]
+    pub client_config: Option<Arc<rustls::ClientConfig>>,
+    /// SIMPLE: the name sent as SNI and verified (`sni`, else the rule's host).
+    pub server_name: Option<String>,
+    /// Why the settings cannot be applied (unreadable CA bundle, unsupported
+    /// mode): connections fail closed instead of going out in plaintext.
+    pub error: Option<String>,
 }
 
 /// How the L7 engine talks to a cluster's endpoints.

@@ -1,37 +1,30 @@
-//! How the engine reaches an upstream endpoint: plain TCP (the gateway), or
-//! HBONE (the waypoint: each upstream HTTP/1.1 connection is one CONNECT
-//! stream to `podIP:15008` with `:authority podIP:targetPort`, carried on a
-//! pooled mTLS connection that presents the waypoint's identity and
-//! verifies the destination workload's).
+//! The byte streams the engine's upstream side works with: plain TCP, an
+//! HBONE tunnel (each upstream HTTP/1.1 connection is one CONNECT stream,
+//! e.g. to `podIP:15008` with `:authority podIP:targetPort`), or TLS we
+//! originate. Which one a new connection gets is decided per worker by the
+//! installed connector (`super::connector`, re-exported here).
 //!
-//! The choice is per worker thread: a program that wants HBONE upstreams
-//! calls [`install_hbone_upstream`] on each worker before serving. The
-//! gateway never does, and its connect path costs one thread-local read
-//! more than before (per new connection, not per request).
-//!
-//! [`UpstreamStream`] is the byte stream the engine's upstream side works
-//! with (`Io`'s default); it dispatches to a TCP socket or an HBONE tunnel.
+//! [`UpstreamStream`] is the byte stream of `Io` (its default parameter);
+//! it dispatches to a TCP socket, an HBONE tunnel or a TLS stream.
 //! [`HboneStream`] is an HBONE tunnel (its reader and writer halves joined)
 //! as one monoio stream; the waypoint also serves its downstream
 //! connections over it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future as _;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_hbone::{ClientConfig, Connect, Pool, PoolKey, TunnelReader, TunnelRequest, TunnelWriter};
-use mesh_tls::{HboneTls, Identity, TlsStream};
+use mesh_hbone::{TunnelReader, TunnelWriter};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
 use crate::io::Io;
+use crate::tls::TlsIo;
 
 /// Istio's HBONE port on every mesh workload.
 pub const HBONE_PORT: u16 = 15008;
@@ -155,10 +148,13 @@ impl AsyncWriteRent for HboneStream {
     }
 }
 
-/// An upstream connection: TCP, or an HBONE tunnel.
+/// An upstream connection: TCP, an HBONE tunnel, or TLS we originate
+/// (DestinationRule `tls.mode: SIMPLE`).
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Hbone(HboneStream),
+    /// Boxed: the TLS state is large, and `Io` values are moved around.
+    Tls(Box<TlsIo>),
 }
 
 /// The TCP socket's descriptor, or for a tunnel a negative per-stream id
@@ -168,6 +164,7 @@ impl AsRawFd for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.as_raw_fd(),
             UpstreamStream::Hbone(s) => s.id,
+            UpstreamStream::Tls(s) => s.get_ref().tcp().as_raw_fd(),
         }
     }
 }
@@ -176,13 +173,16 @@ impl UpstreamStream {
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             UpstreamStream::Tcp(s) => Some(s),
-            UpstreamStream::Hbone(_) => None,
+            // Not probed when pooled: a TLS 1.3 server may send session
+            // tickets after the handshake, which a peek would take for
+            // stray bytes.
+            UpstreamStream::Hbone(_) | UpstreamStream::Tls(_) => None,
         }
     }
 }
 
-// SAFETY (Split's contract): TcpStream is Split itself, and HboneStream is
-// (see above); the enum adds no shared state.
+// SAFETY (Split's contract): TcpStream is Split itself, HboneStream is (see
+// above) and so is TlsIo (crate::tls); the enum adds no shared state.
 unsafe impl Split for UpstreamStream {}
 
 impl AsyncReadRent for UpstreamStream {
@@ -190,6 +190,7 @@ impl AsyncReadRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.read(buf).await,
             UpstreamStream::Hbone(s) => s.read(buf).await,
+            UpstreamStream::Tls(s) => s.read(buf).await,
         }
     }
 
@@ -197,6 +198,7 @@ impl AsyncReadRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.readv(buf).await,
             UpstreamStream::Hbone(s) => s.readv(buf).await,
+            UpstreamStream::Tls(s) => s.readv(buf).await,
         }
     }
 }
@@ -206,6 +208,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.write(buf).await,
             UpstreamStream::Hbone(s) => s.write(buf).await,
+            UpstreamStream::Tls(s) => s.write(buf).await,
         }
     }
 
@@ -213,6 +216,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.writev(buf).await,
             UpstreamStream::Hbone(s) => s.writev(buf).await,
+            UpstreamStream::Tls(s) => s.writev(buf).await,
         }
     }
 
@@ -220,6 +224,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.flush().await,
             UpstreamStream::Hbone(s) => s.flush().await,
+            UpstreamStream::Tls(s) => s.flush().await,
         }
     }
 
@@ -227,116 +232,17 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.shutdown().await,
             UpstreamStream::Hbone(s) => s.shutdown().await,
+            UpstreamStream::Tls(s) => s.shutdown().await,
         }
     }
 }
 
-/// Who a destination IP is in the mesh: its SPIFFE identity when it is a
-/// workload reachable over HBONE, None for anything else (plain TCP then).
-pub type IdentityLookup = Box<dyn Fn(IpAddr) -> Option<Arc<str>>>;
+pub use super::connector::{
+    connect, install_hbone_upstream, install_upstream_connector, HboneUpstream, IdentityLookup,
+    UpstreamConnector,
+};
 
-/// One worker's HBONE upstream side: its pool and whom it presents itself as.
-pub struct HboneUpstream {
-    pool: Pool<MtlsConnector>,
-    source_identity: Arc<str>,
-    identity_of: IdentityLookup,
-}
-
-impl HboneUpstream {
-    /// `tls`: our certificate (presented) and the mesh roots (trusted).
-    /// `identity_of`: the identity each endpoint must prove.
-    pub fn new(tls: Arc<HboneTls>, identity_of: IdentityLookup) -> Self {
-        let source_identity: Arc<str> = tls.cert_store().identity().to_string().into();
-        Self {
-            pool: Pool::new(ClientConfig::default(), MtlsConnector { tls }),
-            source_identity,
-            identity_of,
-        }
-    }
-
-    /// A tunnel to `endpoint` (`podIP:targetPort`), or plain TCP when the
-    /// endpoint is not a mesh workload.
-    pub async fn connect(&self, endpoint: SocketAddr, timeout: Duration) -> io::Result<Io> {
-        let Some(identity) = (self.identity_of)(endpoint.ip()) else {
-            return connect_tcp(endpoint, timeout).await;
-        };
-        let key = PoolKey::new(
-            Some(self.source_identity.clone()),
-            Some(identity),
-            SocketAddr::new(endpoint.ip(), HBONE_PORT),
-        );
-        let request = TunnelRequest::new(key, endpoint);
-        let tunnel = match monoio::time::timeout(timeout, self.pool.connect(&request)).await {
-            Ok(Ok(tunnel)) => tunnel,
-            Ok(Err(e)) => {
-                tracing::debug!(%endpoint, error = %e, "HBONE upstream refused");
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    e.to_string(),
-                ));
-            }
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "HBONE connect timed out",
-                ))
-            }
-        };
-        let (reader, writer) = tunnel.into_io();
-        Ok(Io::new(UpstreamStream::Hbone(HboneStream::new(
-            reader, writer,
-        ))))
-    }
-}
-
-/// Pooled HBONE connections: TCP to `podIP:15008`, then mTLS verifying the
-/// pool key's destination identity.
-struct MtlsConnector {
-    tls: Arc<HboneTls>,
-}
-
-impl Connect for MtlsConnector {
-    type Io = TlsStream;
-
-    async fn connect(&self, key: &PoolKey) -> io::Result<TlsStream> {
-        let expected: Identity = key
-            .destination_identity
-            .as_deref()
-            .ok_or_else(|| io::Error::other("no destination identity"))?
-            .parse()
-            .map_err(|e| io::Error::other(format!("bad destination identity: {e}")))?;
-        let tcp = TcpStream::connect_addr(key.destination).await?;
-        tcp.set_nodelay(true)?;
-        let config = self
-            .tls
-            .client_config(std::slice::from_ref(&expected))
-            .map_err(io::Error::other)?;
-        mesh_tls::connect(config, tcp)
-            .await
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))
-    }
-}
-
-thread_local! {
-    /// This worker's HBONE upstream side, if its program installed one.
-    static HBONE: RefCell<Option<Rc<HboneUpstream>>> = const { RefCell::new(None) };
-}
-
-/// Makes every upstream connection this worker thread opens from now on go
-/// through HBONE (the waypoint calls it once per worker).
-pub fn install_hbone_upstream(upstream: HboneUpstream) {
-    HBONE.with(|h| *h.borrow_mut() = Some(Rc::new(upstream)));
-}
-
-/// A new upstream connection to `addr`, the way this worker is set up for.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
-    match HBONE.with(|h| h.borrow().clone()) {
-        None => connect_tcp(addr, timeout).await,
-        Some(hbone) => hbone.connect(addr, timeout).await,
-    }
-}
-
-async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),

@@ -1,6 +1,8 @@
 //! Upstream (backend) side: connection pool and backend selection.
 
 pub mod connect;
+pub mod connector;
+pub mod transport;
 pub(crate) mod exchange;
 pub mod h2pool;
 pub(crate) mod head;

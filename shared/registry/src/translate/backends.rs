@@ -8,7 +8,8 @@
 //!   endpoints from its STATIC `endpoints`.
 //!
 //! Clusters are cached per target, so many rules pointing at one Service share
-//! one `Arc<Cluster>`.
+//! one `Arc<Cluster>`. A Service whose ingress goes through its waypoint
+//! (`mesh_ingress`) gets its VIP as the only endpoint.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,9 @@ impl RefProblem {
     }
 }
 
+#[path = "mesh_ingress.rs"]
+pub mod mesh_ingress;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ClusterKey {
     Service(String, String, u16),
@@ -71,6 +75,10 @@ pub struct BackendResolver<'a> {
     rules: super::destination_rules::DestinationRules<'a>,
     /// LocalRateLimitPolicies by the HTTPRoute they target.
     pub rate_limits: super::rate_limits::RateLimits<'a>,
+    /// The gateway's resolver: Services with `istio.io/ingress-use-waypoint`
+    /// are reached through their waypoint (`mesh_ingress`). The waypoint's
+    /// own resolver leaves them alone (it is the waypoint).
+    ingress_via_waypoints: bool,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -90,7 +98,30 @@ impl<'a> BackendResolver<'a> {
             clusters: HashMap::new(),
             rules: super::destination_rules::DestinationRules::new(resources),
             rate_limits: super::rate_limits::RateLimits::new(resources),
+            ingress_via_waypoints: false,
         }
+    }
+
+    /// The gateway's resolver (see `ingress_via_waypoints`).
+    pub fn for_ingress(resources: &'a Resources) -> Self {
+        Self {
+            ingress_via_waypoints: true,
+            ..Self::new(resources)
+        }
+    }
+
+    /// Problems found while building clusters (DestinationRule `tls`
+    /// settings that cannot be applied), sorted, each once.
+    pub fn config_errors(&self) -> Vec<String> {
+        let mut errors: Vec<String> = self
+            .clusters
+            .values()
+            .flat_map(|c| std::iter::once(c).chain(c.policy.subsets.values()))
+            .filter_map(|c| c.policy.tls.as_ref()?.error.clone())
+            .collect();
+        errors.sort();
+        errors.dedup();
+        errors
     }
 
     /// Resolves a backendRef of an HTTPRoute in `route_namespace`.
@@ -222,7 +253,15 @@ impl<'a> BackendResolver<'a> {
             .ok_or_else(|| {
                 RefProblem::NotFound(format!("Service {namespace}/{name} has no port {port}"))
             })?;
-        let endpoints = self.service_endpoints(namespace, name, &svc.spec, svc_port);
+        // Ingress through the Service's waypoint: its VIP stands for the pods.
+        let via_waypoint = self
+            .ingress_via_waypoints
+            .then(|| mesh_ingress::waypoint_vip(self.resources, svc, port))
+            .flatten();
+        let endpoints = match via_waypoint {
+            Some(vip) => vec![vip],
+            None => self.service_endpoints(namespace, name, &svc.spec, svc_port),
+        };
         let mut cluster = Cluster {
             name: format!("{namespace}/{name}:{port}"),
             service: ObjectRef {

@@ -17,8 +17,8 @@
 //! Parsed but not applied: exportTo, workloadSelector, localityLbSetting,
 //! warmup, tcpKeepalive, maxConnectionDuration, h2UpgradePolicy,
 //! useClientProtocol, tunnel, proxyProtocol, splitExternalLocalOriginErrors,
-//! consecutiveLocalOriginFailures; tls is carried to the snapshot
-//! (`ClusterPolicy::tls`) for the upstream connectors.
+//! consecutiveLocalOriginFailures. tls: `upstream_tls` (SIMPLE's client
+//! settings built here; the upstream connector applies the mode).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -28,12 +28,11 @@ use std::time::Duration;
 use mesh_balance::config::{DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE};
 use mesh_balance::{HashKey, LbAlgorithm, LbConfig, OutlierConfig, PoolLimits};
 use mesh_config::{
-    parse_istio_duration, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec,
-    LoadBalancerSettings, Object, OutlierDetection, PortTrafficPolicy, Resources, SimpleLb,
-    TlsMode, TrafficPolicy,
+    parse_istio_duration, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
+    Object, OutlierDetection, PortTrafficPolicy, Resources, SimpleLb, TrafficPolicy,
 };
 
-use crate::snapshot::{Cluster, ClusterPolicy, ObjectRef, UpstreamTlsPolicy};
+use crate::snapshot::{Cluster, ClusterPolicy, ObjectRef};
 
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
@@ -155,6 +154,8 @@ impl<'a> DestinationRules<'a> {
             name: dr.meta.name.clone(),
         };
         let top = dr.spec.traffic_policy.as_ref();
+        // SIMPLE TLS without `sni` verifies (and sends) the cluster's host.
+        let host = hosts.first().map_or("", String::as_str);
         let mut subsets = BTreeMap::new();
         for subset in &dr.spec.subsets {
             let endpoints: Vec<SocketAddr> = base
@@ -170,6 +171,7 @@ impl<'a> DestinationRules<'a> {
             let policy = resolve(
                 &[subset.traffic_policy.as_ref(), top],
                 base.port,
+                host,
                 Some(rule_ref.clone()),
             );
             subsets.insert(
@@ -184,7 +186,7 @@ impl<'a> DestinationRules<'a> {
                 }),
             );
         }
-        let mut policy = resolve(&[top], base.port, Some(rule_ref));
+        let mut policy = resolve(&[top], base.port, host, Some(rule_ref));
         policy.subsets = subsets;
         Arc::new(policy)
     }
@@ -192,7 +194,12 @@ impl<'a> DestinationRules<'a> {
 
 /// Per field, the first setting found walking `chain` (most specific
 /// first), port-level before the policy's own.
-fn resolve(chain: &[Option<&TrafficPolicy>], port: u16, rule: Option<ObjectRef>) -> ClusterPolicy {
+fn resolve(
+    chain: &[Option<&TrafficPolicy>],
+    port: u16,
+    host: &str,
+    rule: Option<ObjectRef>,
+) -> ClusterPolicy {
     let lb = first(
         chain,
         port,
@@ -212,13 +219,17 @@ fn resolve(chain: &[Option<&TrafficPolicy>], port: u16, rule: Option<ObjectRef>)
         |p| p.outlier_detection.as_ref(),
     );
     let tls = first(chain, port, |p| p.tls.as_ref(), |p| p.tls.as_ref());
+    let tls = match (tls, &rule) {
+        (Some(t), Some(r)) => Some(upstream_tls::upstream_tls(t, host, r)),
+        _ => None,
+    };
     ClusterPolicy {
         rule,
         // A rule without loadBalancer still means Istio's default: LEAST_REQUEST.
         load_balancer: Some(lb.map(load_balancer).unwrap_or_default()),
         connection_pool: pool.map(connection_pool),
         outlier_detection: outlier.and_then(outlier_detection),
-        tls: tls.map(tls_policy),
+        tls,
         ..Default::default()
     }
 }
@@ -342,22 +353,6 @@ pub fn outlier_detection(o: &OutlierDetection) -> Option<OutlierConfig> {
     })
 }
 
-fn tls_policy(t: &ClientTlsSettings) -> UpstreamTlsPolicy {
-    UpstreamTlsPolicy {
-        mode: match t.mode {
-            Some(TlsMode::Simple) => "SIMPLE",
-            Some(TlsMode::Mutual) => "MUTUAL",
-            Some(TlsMode::IstioMutual) => "ISTIO_MUTUAL",
-            Some(TlsMode::Disable) | None => "DISABLE",
-        }
-        .to_string(),
-        sni: t.sni.clone(),
-        subject_alt_names: t.subject_alt_names.clone(),
-        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
-        ..Default::default()
-    }
-}
-
 /// Pod labels by IP: EndpointSlice targetRefs name the pod behind an
 /// address; pods' own IPs cover the rest.
 fn pod_labels(resources: &Resources) -> HashMap<IpAddr, &BTreeMap<String, String>> {
@@ -407,3 +402,6 @@ fn pod_labels(resources: &Resources) -> HashMap<IpAddr, &BTreeMap<String, String
 #[cfg(test)]
 #[path = "destination_rules_tests.rs"]
 mod tests;
+
+#[path = "upstream_tls.rs"]
+pub mod upstream_tls;

@@ -74,7 +74,7 @@ impl Default for TranslateOptions {
 /// the publisher to set.
 pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot {
     let mut gateways = listeners::collect(resources, options);
-    let mut resolver = BackendResolver::new(resources);
+    let mut resolver = BackendResolver::for_ingress(resources);
 
     // Routes in (creationTimestamp, namespace/name) order: their index is the
     // precedence tie-break rank.
@@ -142,7 +142,7 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
         status: StatusReport {
             gateways: gateway_statuses,
             routes: route_statuses,
-            config_errors: Vec::new(),
+            config_errors: resolver.config_errors(),
         },
         ..Default::default()
     }
@@ -151,7 +151,9 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
 /// `translate` plus the loader's errors in `status.config_errors`.
 pub fn translate_loaded(loaded: &Loaded, options: &TranslateOptions) -> Snapshot {
     let mut snapshot = translate(&loaded.resources, options);
+    let translation_errors = std::mem::take(&mut snapshot.status.config_errors);
     snapshot.status.config_errors = loaded.errors.iter().map(|e| e.to_string()).collect();
+    snapshot.status.config_errors.extend(translation_errors);
     snapshot
 }
 
