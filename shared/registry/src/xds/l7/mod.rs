@@ -12,6 +12,7 @@
 //! modes route identically.
 
 mod decode;
+mod decode_parts;
 mod encode;
 mod policy;
 
