@@ -16,15 +16,15 @@ use mesh_registry::ObjectRef;
 )]
 pub struct Args {
     /// YAML file or folder (read recursively) with Gateway API and Kubernetes resources.
-    /// Changes are picked up within a second.
-    #[arg(long, value_name = "PATH")]
-    pub config: PathBuf,
+    /// Changes are picked up within a second. Standalone mode; --xds replaces it.
+    #[arg(long, value_name = "PATH", required_unless_present = "xds")]
+    pub config: Option<PathBuf>,
 
     /// Serve Gateways of this GatewayClass.
     #[arg(long, default_value = "ringmesh", value_name = "NAME")]
     pub gateway_class: String,
 
-    /// Serve only this Gateway.
+    /// Serve only this Gateway (with --xds: the Gateway whose configuration to fetch).
     #[arg(long, value_name = "NS/NAME", value_parser = parse_object_ref)]
     pub gateway: Option<ObjectRef>,
 
@@ -56,6 +56,10 @@ pub struct Args {
     /// A request's header block must arrive within this, else 408.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = mesh_runtime::parse_duration)]
     pub request_header_timeout: Duration,
+
+    /// Connected mode: --xds, --xds-root-cert, --xds-server-name, --pod-ip.
+    #[command(flatten)]
+    pub connected: crate::connected::ConnectedArgs,
 
     /// Into the mesh: --ca-dir, --trust-domain, --service-account.
     #[command(flatten)]
@@ -109,6 +113,28 @@ mod tests {
         assert!(parse_object_ref("edge").is_err());
         assert!(parse_object_ref("/edge").is_err());
         assert!(parse_object_ref("a/b/c").is_err());
+    }
+
+    #[test]
+    fn xds_replaces_config_and_needs_a_gateway() {
+        let args = Args::parse_from(["gateway", "--xds", "127.0.0.1:15010", "--gateway", "a/b"]);
+        assert_eq!(args.connected.xds.as_deref(), Some("127.0.0.1:15010"));
+        assert!(args.config.is_none());
+        assert!(Args::try_parse_from(["gateway", "--xds", "c:1"]).is_err());
+        assert!(Args::try_parse_from([
+            "gateway",
+            "--xds",
+            "c:1",
+            "--gateway",
+            "a/b",
+            "--config",
+            "x"
+        ])
+        .is_err());
+        assert!(Args::try_parse_from(["gateway"]).is_err());
+        assert!(
+            Args::try_parse_from(["gateway", "--config", "x", "--xds-root-cert", "r.pem"]).is_err()
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Gateways. Only flags and composition live here; the work is in shared/.
 
 mod args;
+mod connected;
 mod handler;
 mod l4;
 mod mesh;
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser;
 use mesh_registry::{Snapshot, TranslateOptions};
 
@@ -59,10 +61,6 @@ fn init_logging() -> mesh_runtime::LogControl {
 }
 
 fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> {
-    let config = args.config.clone();
-    if !config.exists() {
-        anyhow::bail!("config path {} does not exist", config.display());
-    }
     let translate_options = TranslateOptions {
         gateway_class: args.gateway_class.clone(),
         gateway: args.gateway.clone(),
@@ -77,24 +75,25 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
     let gateway_metrics = Arc::new(l4::metrics::GatewayMetrics::new(metrics.clone(), workers));
     runtime.add_metrics(gateway_metrics.clone());
     runtime.set_log_control(log_control);
-    // Watch first, then load: an edit made during the initial load is not missed.
-    let reload_path = config.clone();
-    let reload_options = translate_options.clone();
-    let mesh = mesh::Mesh::start(&args.mesh, args.gateway.as_ref(), &config)?;
-    let reload_mesh = mesh.clone();
-    runtime.watch_config(
-        config.clone(),
-        Box::new(move || {
-            if let Some(mesh) = &reload_mesh {
-                mesh.reload(&reload_path)?;
+    let mesh = match &args.connected.xds {
+        Some(address) => {
+            let gateway = args
+                .gateway
+                .as_ref()
+                .context("--xds needs --gateway NS/NAME")?;
+            if args.mesh.ca_dir.is_some() {
+                anyhow::bail!("--ca-dir is not supported with --xds yet");
             }
-            build_snapshot(&reload_path, &reload_options)
-        }),
-    );
-
-    let initial = build_snapshot(&config, &translate_options)?;
-    let version = mesh_runtime::publish(&snapshots, initial);
-    tracing::info!(config = %config.display(), version, "configuration loaded");
+            runtime.add_metrics(connected::start(
+                &args.connected,
+                address,
+                gateway,
+                &snapshots,
+            )?);
+            None
+        }
+        None => standalone(&args, &translate_options, &snapshots, &mut runtime)?,
+    };
 
     let http_options = args.http_options();
     let l4_options = l4::L4Options::from_http(&http_options);
@@ -114,6 +113,42 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
             )),
         }
     })
+}
+
+/// `--config`: watch the path, then load and publish the first snapshot.
+fn standalone(
+    args: &Args,
+    translate_options: &TranslateOptions,
+    snapshots: &mesh_registry::SnapshotHandle,
+    runtime: &mut mesh_runtime::Runtime,
+) -> anyhow::Result<Option<Arc<mesh::Mesh>>> {
+    let config = args
+        .config
+        .clone()
+        .context("--config PATH or --xds ADDR is required")?;
+    if !config.exists() {
+        anyhow::bail!("config path {} does not exist", config.display());
+    }
+    // Watch first, then load: an edit made during the initial load is not missed.
+    let reload_path = config.clone();
+    let reload_options = translate_options.clone();
+    let mesh = mesh::Mesh::start(&args.mesh, args.gateway.as_ref(), &config)?;
+    let reload_mesh = mesh.clone();
+    runtime.watch_config(
+        config.clone(),
+        Box::new(move || {
+            if let Some(mesh) = &reload_mesh {
+                mesh.reload(&reload_path)?;
+            }
+            build_snapshot(&reload_path, &reload_options)
+        }),
+    );
+
+    let initial = build_snapshot(&config, translate_options)?;
+    let version = mesh_runtime::publish(snapshots, initial);
+    tracing::info!(config = %config.display(), version, "configuration loaded");
+
+    Ok(mesh)
 }
 
 /// Load + translate. Rejected documents are logged one per line and listed in

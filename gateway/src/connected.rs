@@ -1,0 +1,272 @@
+//! Connected mode (`--xds ADDR --gateway NS/NAME`): the gateway's listeners
+//! and routes come from the controller as one `ringmesh.l7.v1.Proxy`
+//! resource named `NS/NAME` (Delta ADS, subscribed by name).
+//!
+//! - A `gateway-xds` thread runs a small tokio runtime with
+//!   `mesh_xds::XdsClient` (mesh-runtime's control thread does not lend its
+//!   runtime). Each push is turned into a snapshot
+//!   (`mesh_registry::xds::l7::snapshot_of`) and published through the same
+//!   handle the file watcher uses in standalone mode, so listeners bind and
+//!   drain live.
+//! - A Proxy the gateway cannot apply (bad regex, certificate, address...)
+//!   is NACKed with the reason; the last good snapshot keeps serving.
+//! - The controller unreachable: nothing changes. Open and new connections
+//!   use the last snapshot; the client reconnects with jittered backoff (at
+//!   most 5 s) and resumes with `initial_resource_versions`, so a restarted
+//!   controller re-sends nothing the gateway already holds.
+//! - Start-up waits for the controller and the first push (logging every
+//!   5 s). A controller that has no such Gateway: after a second on a live
+//!   stream the gateway starts with no listeners and picks the Gateway up
+//!   when it appears.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mesh_api::type_url;
+use mesh_registry::xds::l7;
+use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
+use mesh_xds::{ClientConfig, ClientStats, ResourceSet, XdsClient};
+
+/// Flags of connected mode.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectedArgs {
+    /// Connected mode: the controller's xDS address (`HOST:PORT`,
+    /// `http://HOST:15010`, or `https://HOST:15012` with --xds-root-cert).
+    /// Needs --gateway; replaces --config.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "config",
+        requires = "gateway"
+    )]
+    pub xds: Option<String>,
+
+    /// PEM root the controller's serving certificate chains to (TLS on 15012).
+    #[arg(long, value_name = "PEM", requires = "xds")]
+    pub xds_root_cert: Option<PathBuf>,
+
+    /// DNS name expected in the controller's serving certificate.
+    #[arg(
+        long,
+        default_value = "ringmesh-controller.istio-system.svc",
+        value_name = "NAME"
+    )]
+    pub xds_server_name: String,
+
+    /// This gateway's pod address, for its xDS node id
+    /// (`router~IP~NAME.NS~NS.svc.cluster.local`, as Istio's gateways).
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub pod_ip: std::net::IpAddr,
+}
+
+/// The longest gap between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Subscribes to the Gateway's Proxy and blocks until the first snapshot is
+/// published (or the controller confirmed it has none). Returns the
+/// `/metrics` source of the xDS client.
+pub fn start(
+    args: &ConnectedArgs,
+    address: &str,
+    gateway: &ObjectRef,
+    snapshots: &SnapshotHandle,
+) -> anyhow::Result<Arc<XdsMetrics>> {
+    let tls = client_tls(args)?;
+    let address = normalize_address(address, tls.is_some());
+    let name = l7::resource_name(gateway);
+    let node_id = format!(
+        "router~{}~{}.{ns}~{ns}.svc.cluster.local",
+        args.pod_ip,
+        gateway.name,
+        ns = gateway.namespace
+    );
+    let mut config = ClientConfig::new(address.clone(), node_id.clone())
+        .named(type_url::L7_PROXY, [name.clone()]);
+    config.tls = tls;
+    config.max_backoff = MAX_BACKOFF;
+    let client = XdsClient::new(config);
+    let metrics = Arc::new(XdsMetrics {
+        stats: client.stats(),
+        pushes: AtomicU64::new(0),
+    });
+    spawn_xds_thread(client, name.clone(), snapshots.clone(), metrics.clone())?;
+    tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
+    wait_initial_sync(&metrics, &name);
+    Ok(metrics)
+}
+
+fn spawn_xds_thread(
+    client: XdsClient,
+    name: String,
+    snapshots: SnapshotHandle,
+    metrics: Arc<XdsMetrics>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("xDS runtime")?;
+    std::thread::Builder::new()
+        .name("gateway-xds".into())
+        .spawn(move || {
+            runtime.block_on(client.run(move |_delta, all| {
+                let snapshot = snapshot_of(all, &name)?;
+                let version = mesh_runtime::publish(&snapshots, snapshot);
+                metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(resource = %name, version, "configuration received from the controller");
+                Ok(())
+            }))
+        })
+        .context("cannot start the xDS thread")?;
+    Ok(())
+}
+
+/// The snapshot for the full resource set; `Err` names what cannot be used
+/// (NACK). No resource (the controller deleted the Gateway): no listeners.
+pub fn snapshot_of(all: &ResourceSet, name: &str) -> Result<Snapshot, String> {
+    let Some(held) = all.get(type_url::L7_PROXY).and_then(|m| m.get(name)) else {
+        tracing::warn!(resource = %name, "the controller has no such Gateway: serving no listeners");
+        return Ok(Snapshot::default());
+    };
+    let proxy = l7::decode(name, &held.resource)?;
+    l7::snapshot_of(&proxy).map_err(|e| format!("{name}: {e}"))
+}
+
+/// Waits for the first applied push; with a controller that stays connected
+/// for a second without sending the Gateway, starts empty. Waits as long as
+/// the controller is unreachable.
+fn wait_initial_sync(metrics: &XdsMetrics, name: &str) {
+    let mut last_log = Instant::now();
+    let mut connected_since: Option<Instant> = None;
+    loop {
+        if metrics.pushes.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        if metrics.stats.connected() {
+            connected_since.get_or_insert_with(Instant::now);
+        } else {
+            connected_since = None;
+        }
+        if connected_since.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+            tracing::warn!(resource = %name, "the controller sent no configuration for this Gateway yet; starting without listeners");
+            return;
+        }
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::warn!(
+                error = metrics.stats.last_error().unwrap_or_default(),
+                "still waiting for the controller"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn client_tls(args: &ConnectedArgs) -> anyhow::Result<Option<mesh_xds::ClientTlsConfig>> {
+    let Some(path) = &args.xds_root_cert else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --xds-root-cert {}", path.display()))?;
+    Ok(Some(
+        mesh_xds::ClientTlsConfig::new()
+            .ca_certificate(mesh_xds::Certificate::from_pem(pem))
+            .domain_name(args.xds_server_name.clone()),
+    ))
+}
+
+fn normalize_address(address: &str, tls: bool) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else if tls {
+        format!("https://{address}")
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// `/metrics` series of connected mode.
+pub struct XdsMetrics {
+    stats: Arc<ClientStats>,
+    pushes: AtomicU64,
+}
+
+impl mesh_runtime::MetricsSource for XdsMetrics {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        for (name, value) in [
+            ("ringmesh_gateway_xds_connected", u64::from(s.connected())),
+            ("ringmesh_gateway_xds_streams_opened_total", s.connects()),
+            ("ringmesh_gateway_xds_responses_total", s.responses()),
+            ("ringmesh_gateway_xds_acks_total", s.acks()),
+            ("ringmesh_gateway_xds_nacks_total", s.nacks()),
+            (
+                "ringmesh_gateway_xds_pushes_applied_total",
+                self.pushes.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_xds::VersionedResource;
+
+    fn set_with(name: &str, resource: mesh_api::prost_types::Any) -> ResourceSet {
+        let held = [(
+            name.to_string(),
+            VersionedResource {
+                version: "1".into(),
+                resource,
+            },
+        )]
+        .into_iter()
+        .collect();
+        ResourceSet::from([(type_url::L7_PROXY.to_string(), held)])
+    }
+
+    #[test]
+    fn a_missing_resource_is_an_empty_snapshot_and_garbage_an_error() {
+        let empty = snapshot_of(&ResourceSet::new(), "infra/gw").unwrap();
+        assert!(empty.ports.is_empty());
+        let garbage = set_with(
+            "infra/gw",
+            mesh_api::prost_types::Any {
+                type_url: type_url::L7_PROXY.into(),
+                value: vec![0xff, 0xff],
+            },
+        );
+        assert!(snapshot_of(&garbage, "infra/gw")
+            .unwrap_err()
+            .contains("infra/gw"));
+        let bad_port = mesh_api::ringmesh::l7::v1::Proxy {
+            name: "gw".into(),
+            namespace: "infra".into(),
+            listeners: vec![mesh_api::ringmesh::l7::v1::Listener {
+                name: "http".into(),
+                port: 70000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err =
+            snapshot_of(&set_with("infra/gw", l7::to_any(&bad_port)), "infra/gw").unwrap_err();
+        assert!(err.contains("invalid port 70000"), "{err}");
+    }
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(
+            normalize_address("127.0.0.1:15010", false),
+            "http://127.0.0.1:15010"
+        );
+        assert_eq!(normalize_address("c:15012", true), "https://c:15012");
+        assert_eq!(normalize_address("https://c:1", false), "https://c:1");
+    }
+}

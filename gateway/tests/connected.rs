@@ -1,0 +1,429 @@
+//! Connected mode end to end, real processes on loopback: a controller, a
+//! gateway with `--xds` (no config file of its own) and two HTTP backends.
+//! A route is served from what the controller sent; editing the
+//! controller's config (a weight, a path) changes traffic within a second;
+//! a broken edit changes nothing; a killed controller leaves open and new
+//! connections served; a restarted one resyncs without re-sending anything
+//! (the controller's xDS counters say so).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{free_port, get, read_response, request, wait_for, TempConfig};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+/// What the issue asks: a file edit changes traffic within a second.
+const EDIT_LIMIT: Duration = Duration::from_secs(1);
+
+/// The controller binary sits next to the gateway's.
+fn controller_bin() -> PathBuf {
+    let bin = Path::new(GATEWAY).with_file_name("controller");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p ringmesh-controller)",
+        bin.display()
+    );
+    bin
+}
+
+/// An HTTP/1.1 backend answering every request with its name (keep-alive).
+fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if writer.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn services(one: u16, two: u16) -> String {
+    let mut yaml = String::from(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: ringmesh}\nspec: {controllerName: ringmesh.io/gateway-controller}\n",
+    );
+    for (name, port) in [("one", one), ("two", two)] {
+        yaml += &format!(
+            "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: infra}}
+spec:
+  ports: [{{port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: infra, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+        );
+    }
+    yaml
+}
+
+fn gateway_yaml(listener: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: ringmesh
+  listeners: [{{name: http, port: {listener}, protocol: HTTP}}]
+"
+    )
+}
+
+/// `/app` split between one and two by weight; `/v2` (when given) to two.
+fn route_yaml(weight_one: u32, weight_two: u32, v2: bool) -> String {
+    let mut yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: app, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /app}}}}]
+    backendRefs: [{{name: one, port: 80, weight: {weight_one}}}, {{name: two, port: 80, weight: {weight_two}}}]
+"
+    );
+    if v2 {
+        yaml += "  - matches: [{path: {type: PathPrefix, value: /v2}}]\n    backendRefs: [{name: two, port: 80}]\n";
+    }
+    yaml
+}
+
+struct Controller {
+    child: Child,
+    admin: SocketAddr,
+    config: PathBuf,
+    xds: SocketAddr,
+}
+
+impl Controller {
+    fn start(config: &Path, xds: SocketAddr) -> Self {
+        let mut child = Command::new(controller_bin())
+            .arg("--config")
+            .arg(config)
+            .args(["--xds-addr", &xds.to_string()])
+            .args([
+                "--xds-tls-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn controller");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("controller stdout");
+        let admin = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("admin="))
+            .unwrap_or_else(|| panic!("no admin= in {line:?}"))
+            .parse()
+            .unwrap();
+        Controller {
+            child,
+            admin,
+            config: config.to_path_buf(),
+            xds,
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        get(self.admin, "/status")
+            .expect("controller /status")
+            .json()
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        metric(
+            &get(self.admin, "/metrics")
+                .expect("controller /metrics")
+                .body,
+            name,
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        *self = Controller::start(&self.config.clone(), self.xds);
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// The gateway in connected mode; its control addresses come from its log.
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Gateway {
+    fn start(xds: SocketAddr, dir: &Path) -> Self {
+        let log = dir.join("gateway.log");
+        let any = "127.0.0.1:0";
+        let child = Command::new(GATEWAY)
+            .args(["--xds", &xds.to_string(), "--gateway", "infra/edge"])
+            .args([
+                "--admin-addr",
+                any,
+                "--metrics-addr",
+                any,
+                "--ready-addr",
+                any,
+            ])
+            .args(["--workers", "2"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Gateway {
+            child,
+            log,
+            metrics: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(addr) = served_addr(&gw.logs(), "metrics") {
+                gw.metrics = addr;
+                return gw;
+            }
+            assert!(
+                gw.child.try_wait().unwrap().is_none(),
+                "gateway exited:\n{}",
+                gw.logs()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "gateway not up:\n{}",
+                gw.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        metric(
+            &get(self.metrics, "/metrics")
+                .expect("gateway /metrics")
+                .body,
+            name,
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// From the runtime's `serving server="NAME" addr=IP:PORT` log line.
+fn served_addr(logs: &str, server: &str) -> Option<SocketAddr> {
+    let marker = format!("server=\"{server}\" addr=");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("serving") && l.contains(&marker))?;
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The backend that answered `path` on a fresh connection (None: no answer).
+fn served_by(listener: SocketAddr, path: &str) -> Option<String> {
+    let r = request(listener, "GET", path, "edge.example.com").ok()?;
+    (r.status == 200).then_some(r.body)
+}
+
+/// Polls until `path` is served by `want`; returns how long that took.
+fn wait_served(listener: SocketAddr, path: &str, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if served_by(listener, path).as_deref() == Some(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{path} not served by {want} within {limit:?} (now {:?})",
+            served_by(listener, path)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A keep-alive connection held across a controller outage.
+struct Held(TcpStream);
+
+impl Held {
+    fn open(listener: SocketAddr) -> Self {
+        let s = TcpStream::connect(listener).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Held(s)
+    }
+
+    fn get(&mut self, path: &str) -> String {
+        write!(
+            self.0,
+            "GET {path} HTTP/1.1\r\nHost: edge.example.com\r\n\r\n"
+        )
+        .unwrap();
+        let r = read_response(&mut self.0).expect("held connection answered");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    }
+}
+
+#[test]
+fn connected_gateway_follows_the_controller_and_survives_it() {
+    let config = TempConfig::new();
+    let one = backend("one");
+    let two = backend("two");
+    let listener_port = free_port();
+    let listener = SocketAddr::from(([127, 0, 0, 1], listener_port));
+    config.write("services.yaml", &services(one, two));
+    config.write("gateway.yaml", &gateway_yaml(listener_port));
+    config.write("route.yaml", &route_yaml(1, 0, false));
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut controller = Controller::start(config.path(), xds);
+    let gw = Gateway::start(xds, config.path());
+
+    // 1. The route the controller sent is served.
+    wait_served(listener, "/app", "one", Duration::from_secs(10));
+    assert_eq!(
+        served_by(listener, "/v2").as_deref(),
+        None,
+        "no /v2 route yet"
+    );
+    let status = controller.status();
+    let nodes: Vec<&str> = status["xds"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["node_id"].as_str())
+        .collect();
+    assert_eq!(nodes, ["router~0.0.0.0~edge.infra~infra.svc.cluster.local"]);
+
+    // 2. A weight edit moves /app to two.
+    config.write("route.yaml", &route_yaml(0, 1, false));
+    let took = wait_served(listener, "/app", "two", EDIT_LIMIT);
+    eprintln!("weight edit reached traffic in {took:?}");
+    for _ in 0..20 {
+        assert_eq!(served_by(listener, "/app").as_deref(), Some("two"));
+    }
+
+    // 3. A broken edit changes nothing (the controller keeps the file's last
+    //    good objects and pushes nothing) and is reported.
+    let sent = controller.metric("ringmesh_xds_resources_sent_total");
+    config.write("route.yaml", "kind: HTTPRoute\nspec: [not, a, map\n");
+    wait_for(
+        "the broken edit is reported",
+        Duration::from_secs(5),
+        || {
+            controller.status()["config_errors"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        },
+    );
+    assert_eq!(served_by(listener, "/app").as_deref(), Some("two"));
+    assert_eq!(controller.metric("ringmesh_xds_resources_sent_total"), sent);
+
+    // 4. A path edit (fixing the file): /v2 appears.
+    config.write("route.yaml", &route_yaml(0, 1, true));
+    let took = wait_served(listener, "/v2/x", "two", EDIT_LIMIT);
+    eprintln!("path edit reached traffic in {took:?}");
+    assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
+
+    // 5. The controller dies: held and new connections are served.
+    let mut held = Held::open(listener);
+    assert_eq!(held.get("/app"), "two");
+    controller.kill();
+    wait_for("the gateway notices", Duration::from_secs(10), || {
+        gw.metric("ringmesh_gateway_xds_connected") == 0
+    });
+    assert_eq!(held.get("/app"), "two", "held connection");
+    assert_eq!(served_by(listener, "/app").as_deref(), Some("two"));
+    assert_eq!(served_by(listener, "/v2").as_deref(), Some("two"));
+
+    // 6. Restarted, the controller resyncs the gateway without re-sending
+    //    anything (initial_resource_versions match the content versions).
+    controller.restart();
+    wait_for("the gateway reconnects", Duration::from_secs(15), || {
+        gw.metric("ringmesh_gateway_xds_connected") == 1
+            && gw.metric("ringmesh_gateway_xds_streams_opened_total") >= 2
+            && controller.metric("ringmesh_xds_connections_active") == 1
+    });
+    assert_eq!(controller.metric("ringmesh_xds_resources_sent_total"), 0);
+    assert_eq!(controller.metric("ringmesh_xds_responses_total"), 0);
+    assert_eq!(held.get("/v2"), "two", "held connection after resync");
+
+    // 7. And the new controller still drives traffic: one resource per edit.
+    config.write("route.yaml", &route_yaml(1, 0, true));
+    wait_served(listener, "/app", "one", EDIT_LIMIT);
+    assert_eq!(controller.metric("ringmesh_xds_resources_sent_total"), 1);
+    assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
+}
