@@ -104,9 +104,8 @@ pub fn cluster_policy(p: &ClusterPolicy) -> Option<pb::ClusterPolicy> {
             sni: t.sni.clone().unwrap_or_default(),
             subject_alt_names: t.subject_alt_names.clone(),
             insecure_skip_verify: t.insecure_skip_verify,
-            // Not carried yet (fields of the upstream TLS work in progress).
-            server_name: String::new(),
-            error: String::new(),
+            server_name: t.server_name.clone().unwrap_or_default(),
+            error: t.error.clone().unwrap_or_default(),
         }),
     })
 }
@@ -236,12 +235,23 @@ pub fn cluster_policy_of(
     })
 }
 
+/// SIMPLE's client settings (roots from `caCertificates`, a file on the
+/// proxy's host) are built by translation and not carried yet: such a
+/// backend fails closed with an error saying so, never in plaintext.
 fn upstream_tls_of(t: &pb::UpstreamTls) -> UpstreamTlsPolicy {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let error = non_empty(&t.error).or_else(|| {
+        (t.mode == "SIMPLE").then(|| {
+            "tls.mode SIMPLE toward backends is not carried to connected gateways yet".to_string()
+        })
+    });
     UpstreamTlsPolicy {
         mode: t.mode.clone(),
-        sni: (!t.sni.is_empty()).then(|| t.sni.clone()),
+        sni: non_empty(&t.sni),
         subject_alt_names: t.subject_alt_names.clone(),
         insecure_skip_verify: t.insecure_skip_verify,
+        server_name: non_empty(&t.server_name),
+        error,
         ..Default::default()
     }
 }

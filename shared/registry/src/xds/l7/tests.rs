@@ -500,3 +500,25 @@ fn faults_survive_the_round_trip() {
         .unwrap_err()
         .contains("abort.percent"));
 }
+
+#[test]
+fn simple_upstream_tls_fails_closed_in_connected_mode() {
+    let f = Fixture::new();
+    let mut proxy = f.proxy(&gw());
+    let web = proxy
+        .backends
+        .iter_mut()
+        .find(|b| b.name.starts_with("infra/web"))
+        .unwrap();
+    web.policy.as_mut().unwrap().tls.as_mut().unwrap().mode = "SIMPLE".into();
+    let name = web.name.clone();
+    let snapshot = snapshot_of(&proxy).unwrap();
+    let rule = pick(&snapshot, &get(80, "other.org", "/")).unwrap().1;
+    let BackendTarget::Cluster(c) = &rule.backends[0].target else {
+        panic!("a cluster")
+    };
+    assert_eq!(c.name, name);
+    let tls = c.policy.tls.as_ref().unwrap();
+    assert!(tls.client_config.is_none());
+    assert!(tls.error.as_deref().unwrap().contains("SIMPLE"), "{tls:?}");
+}
