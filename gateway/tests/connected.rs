@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::CertificateDer;
 use support::{free_port, get, read_response, request, wait_for, TempConfig};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
@@ -125,12 +126,18 @@ spec:
 struct Controller {
     child: Child,
     admin: SocketAddr,
+    xds_tls: SocketAddr,
     config: PathBuf,
     xds: SocketAddr,
+    extra: Vec<String>,
 }
 
 impl Controller {
     fn start(config: &Path, xds: SocketAddr) -> Self {
+        Self::start_with(config, xds, &[])
+    }
+
+    fn start_with(config: &Path, xds: SocketAddr, extra: &[String]) -> Self {
         let mut child = Command::new(controller_bin())
             .arg("--config")
             .arg(config)
@@ -141,6 +148,7 @@ impl Controller {
                 "--admin-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("warn".into()),
@@ -153,17 +161,20 @@ impl Controller {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .expect("controller stdout");
-        let admin = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("admin="))
-            .unwrap_or_else(|| panic!("no admin= in {line:?}"))
-            .parse()
-            .unwrap();
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+                .parse()
+                .unwrap()
+        };
         Controller {
             child,
-            admin,
+            admin: field("admin"),
+            xds_tls: field("xds_tls"),
             config: config.to_path_buf(),
             xds,
+            extra: extra.to_vec(),
         }
     }
 
@@ -189,7 +200,7 @@ impl Controller {
 
     fn restart(&mut self) {
         self.kill();
-        *self = Controller::start(&self.config.clone(), self.xds);
+        *self = Controller::start_with(&self.config.clone(), self.xds, &self.extra.clone());
     }
 }
 
@@ -214,10 +225,15 @@ struct Gateway {
 
 impl Gateway {
     fn start(xds: SocketAddr, dir: &Path) -> Self {
+        Self::start_with(xds, dir, &[])
+    }
+
+    fn start_with(xds: SocketAddr, dir: &Path, extra: &[String]) -> Self {
         let log = dir.join("gateway.log");
         let any = "127.0.0.1:0";
         let child = Command::new(GATEWAY)
             .args(["--xds", &xds.to_string(), "--gateway", "infra/edge"])
+            .args(extra)
             .args([
                 "--admin-addr",
                 any,
@@ -426,4 +442,133 @@ fn connected_gateway_follows_the_controller_and_survives_it() {
     wait_served(listener, "/app", "one", EDIT_LIMIT);
     assert_eq!(controller.metric("ringmesh_xds_resources_sent_total"), 1);
     assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
+}
+
+/// A self-signed certificate: (PEM, key PEM, DER).
+fn certificate(name: &str) -> (String, String, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+fn https_config(port: u16, (crt, key, _): &(String, String, CertificateDer<'static>)) -> String {
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\n")).collect() };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: ringmesh
+  listeners:
+  - {{name: https, port: {port}, protocol: HTTPS, hostname: secure.example.com, tls: {{certificateRefs: [{{name: cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: app, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: one, port: 80}}]}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: infra}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}",
+        indent(crt),
+        indent(key)
+    )
+}
+
+/// One HTTPS request trusting only `trusted`: (body, the served leaf).
+fn https_get(port: u16, trusted: &CertificateDer<'static>) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::Read as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("secure.example.com").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET / HTTP/1.1\r\nHost: secure.example.com\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    // The gateway closes after the response (`Connection: close`); a TLS
+    // close_notify or a plain EOF both end the read.
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let leaf = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((body, leaf))
+}
+
+#[test]
+fn https_certificates_travel_inline_over_the_tls_channel() {
+    let config = TempConfig::new();
+    let ca = TempConfig::new();
+    let one = backend("one");
+    let port = free_port();
+    let first = certificate("secure.example.com");
+    config.write("services.yaml", &services(one, one));
+    config.write("gateway.yaml", &https_config(port, &first));
+    let root = ca.path().join("root-cert.pem");
+    let controller = Controller::start_with(
+        config.path(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &[
+            "--ca-cert".into(),
+            root.display().to_string(),
+            "--ca-key".into(),
+            ca.path().join("ca-key.pem").display().to_string(),
+        ],
+    );
+    // xDS over TLS (15012-style), verified against the mesh root by name.
+    let gw = Gateway::start_with(
+        controller.xds_tls,
+        config.path(),
+        &[
+            "--xds-root-cert".into(),
+            root.display().to_string(),
+            "--xds-server-name".into(),
+            "localhost".into(),
+        ],
+    );
+    let mut served = None;
+    wait_for("HTTPS served", Duration::from_secs(10), || {
+        served = https_get(port, &first.2).ok();
+        served.is_some()
+    });
+    let (body, leaf) = served.unwrap();
+    assert_eq!(body, "one");
+    assert_eq!(leaf, first.2.to_vec());
+
+    // A new certificate in the Secret reaches the listener through the controller.
+    let second = certificate("secure.example.com");
+    config.write("gateway.yaml", &https_config(port, &second));
+    wait_for("the rotated certificate", Duration::from_secs(5), || {
+        https_get(port, &second.2).is_ok_and(|(_, leaf)| leaf == second.2.to_vec())
+    });
+    assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
+    assert_eq!(gw.metric("ringmesh_gateway_xds_connected"), 1);
 }
