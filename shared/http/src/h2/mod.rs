@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod guard;
 mod handle;
 pub(crate) mod poll_io;
+mod replay;
 mod rewind;
 pub(crate) mod server;
 mod to_h1;

@@ -16,7 +16,7 @@ use rand::Rng;
 
 use super::body::{next_data, release, reset_by_peer, send_all};
 use super::handle::Stream;
-use super::translate;
+use super::{replay, translate};
 use crate::codec::wire::is_hop_by_hop;
 use crate::codec::{Headers, RequestHead};
 use crate::filters::plan::Plan;
@@ -39,72 +39,121 @@ pub(crate) async fn forward(
         return s.local(400, &none, "request cannot be sent over HTTP/2\n", None);
     };
     let end_stream = body.is_end_stream();
-    let deadline = match (rule.timeouts.backend_request, rule.timeouts.request) {
-        (Some(p), Some(r)) => Some(Instant::now() + p.min(r)),
-        (Some(p), None) => Some(Instant::now() + p),
-        (None, Some(r)) => Some(s.start + r),
-        (None, None) => None,
-    };
+    let request_deadline = rule.timeouts.request.map(|r| s.start + r);
     // Circuit breakers for an HTTP/2 backend: http2MaxRequests.
     let Ok(_admission) = h.policy.admit_request(cluster) else {
         let (status, headers, body) = policy::overflow_response();
         return s.local(status, &headers, body, Some(cluster));
     };
-    let Some(picked) = pick::pick_for_request(h, cluster, &req, s.conn.peer.ip()) else {
-        return s.local(503, &none, "no healthy upstream\n", Some(cluster));
+    // Retries (replay.rs): the body streams upstream with a copy kept for a replay.
+    let retry = rule.retry.as_ref();
+    let max_tries = 1 + retry.map_or(0, |r| r.attempts);
+    let mut body = Some(body);
+    let tee = replay::SharedTee::default();
+    let mut tries = 0;
+    let mut _retry_permit = None;
+    let (response, picked, sent) = loop {
+        tries += 1;
+        let Some(picked) = pick::pick_for_request(h, cluster, &req, s.conn.peer.ip()) else {
+            return s.local(503, &none, "no healthy upstream\n", Some(cluster));
+        };
+        let addr = picked.addr;
+        let sent = Instant::now();
+        let deadline = match (rule.timeouts.backend_request, request_deadline) {
+            (Some(p), Some(d)) => Some((sent + p).min(d)),
+            (Some(p), None) => Some(sent + p),
+            (None, d) => d,
+        };
+        let report = |result| h.policy.report(cluster, addr, result, Instant::now());
+        let outcome = {
+            let exchange = open_stream(h, addr, request.clone(), end_stream);
+            let timed = async {
+                match deadline {
+                    Some(d) => monoio::time::timeout_at(d.into(), exchange)
+                        .await
+                        .unwrap_or(Err(Failure::Timeout)),
+                    None => exchange.await,
+                }
+            };
+            let opened = monoio::select! {
+                r = timed => r,
+                _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
+            };
+            match opened {
+                Err(f) => Err(f),
+                Ok((response, upstream_send)) => {
+                    // The request body (and trailers) flows for as long as the call
+                    // lasts, alongside the response: its own task.
+                    if let Some(upstream_send) = upstream_send {
+                        match (body.take(), retry) {
+                            (Some(b), Some(_)) => monoio::spawn(replay::pump_tee(
+                                b,
+                                upstream_send,
+                                tee.clone(),
+                                h.options.max_buffered_body_bytes,
+                            )),
+                            (Some(b), None) => monoio::spawn(pump(b, upstream_send)),
+                            (None, _) => monoio::spawn(replay::replay(tee.clone(), upstream_send)),
+                        };
+                    }
+                    let response = async {
+                        match deadline {
+                            Some(d) => monoio::time::timeout_at(d.into(), response)
+                                .await
+                                .unwrap_or(Err(Failure::Timeout)),
+                            None => response.await,
+                        }
+                    };
+                    monoio::select! {
+                        r = response => r,
+                        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
+                    }
+                }
+            }
+        };
+        // Another try needs the policy's consent, tries left, the request
+        // intact (not yet sent, or wholly kept) and the retry budget.
+        let wanted = match (&outcome, retry) {
+            (_, None) => false,
+            (Ok(r), Some(p)) => replay::retriable_response(
+                p,
+                r.status().as_u16(),
+                r.headers(),
+                r.body().is_end_stream(),
+            ),
+            (Err(Failure::Connect), Some(p)) => p.on_connect_failure,
+            (Err(Failure::Reset | Failure::Timeout), Some(p)) => p.on_reset,
+            (Err(Failure::Client(_)), Some(_)) => false,
+        };
+        let expired = request_deadline.is_some_and(|d| Instant::now() >= d);
+        let intact = end_stream || body.is_some() || tee.borrow().replayable();
+        let permit = (wanted && tries < max_tries && !expired && intact)
+            .then(|| h.policy.retry_permit(cluster).ok())
+            .flatten();
+        match outcome {
+            Ok(r) if permit.is_none() => break (r, picked, sent),
+            Err(f) if permit.is_none() => {
+                report(Some(f.result()));
+                let (status, text) = f.answer();
+                return s.local(status, &none, text, Some(cluster));
+            }
+            Ok(r) => report(Some(UpstreamResult::Status(r.status().as_u16()))),
+            Err(f) => report(Some(f.result())),
+        }
+        _retry_permit = permit;
+        if !crate::retry::pause_before_retry(h, retry, tries, request_deadline).await {
+            return s.local(504, &none, "upstream request timeout\n", Some(cluster));
+        }
     };
     let addr = picked.addr;
-    let sent = Instant::now();
-    let exchange = open_stream(h, addr, request, end_stream);
-    let timed = async {
-        match deadline {
-            Some(d) => monoio::time::timeout_at(d.into(), exchange)
-                .await
-                .unwrap_or(Err(Failure::Timeout)),
-            None => exchange.await,
-        }
-    };
-    let report = |result| h.policy.report(cluster, addr, result, Instant::now());
-    let opened = monoio::select! {
-        r = timed => r,
-        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
-    };
-    let (response, upstream_send) = match opened {
-        Ok(r) => r,
-        Err(f) => {
-            report(Some(f.result()));
-            let (status, text) = f.answer();
-            return s.local(status, &none, text, Some(cluster));
-        }
-    };
-    // The request body (and trailers) flows for as long as the call lasts,
-    // alongside the response: its own task.
-    if let Some(upstream_send) = upstream_send {
-        monoio::spawn(pump(body, upstream_send));
-    }
-    let response = async {
-        match deadline {
-            Some(d) => monoio::time::timeout_at(d.into(), response)
-                .await
-                .unwrap_or(Err(Failure::Timeout)),
-            None => response.await,
-        }
-    };
-    let response = monoio::select! {
-        r = response => r,
-        _ = std::future::poll_fn(|cx| s.respond.poll_reset(cx)) => return report(None),
-    };
-    let response = match response {
-        Ok(r) => r,
-        Err(f) => {
-            report(Some(f.result()));
-            let (status, text) = f.answer();
-            return s.local(status, &none, text, Some(cluster));
-        }
-    };
     let (mut parts, up_body) = response.into_parts();
     let status = parts.status.as_u16();
-    report(Some(UpstreamResult::Status(status)));
+    h.policy.report(
+        cluster,
+        addr,
+        Some(UpstreamResult::Status(status)),
+        Instant::now(),
+    );
     let (name, value) = policy::service_time_header(sent);
     if let Ok(v) = HeaderValue::from_str(&value) {
         parts.headers.insert(name, v);
