@@ -57,6 +57,12 @@ fn a_rate_that_is_not_positive_is_refused_before_anything_starts() {
         "{}",
         text(&out)
     );
+    let out = compare(&["--proxy-cpu", "4096"], &dir);
+    assert!(
+        text(&out).contains("pick --proxy-cpu and --load-cpu below"),
+        "{}",
+        text(&out)
+    );
     assert!(!dir.join("waypoint-latency.json").exists());
 }
 

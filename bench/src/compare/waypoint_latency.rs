@@ -83,6 +83,10 @@ pub fn validate(args: &Args) -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.proxy_cpu >= cpus || args.load_cpu >= cpus {
+        bail!("this machine has {cpus} CPU(s); pick --proxy-cpu and --load-cpu below {cpus}");
+    }
     Ok(())
 }
 
