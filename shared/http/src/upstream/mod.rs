@@ -2,9 +2,9 @@
 
 pub mod connect;
 pub mod connector;
-pub mod transport;
 pub(crate) mod exchange;
 pub mod h2pool;
 pub(crate) mod head;
 pub mod pick;
 pub mod pool;
+pub mod transport;
