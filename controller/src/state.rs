@@ -116,7 +116,14 @@ impl Controller {
             gateway_class: self.options.gateway_class.clone(),
             gateway: None,
         };
-        let status = mesh_registry::translate_loaded(&loaded, &translate_options).status;
+        let mut status = mesh_registry::translate_loaded(&loaded, &translate_options).status;
+        // Mesh VirtualServices, as each waypoint applies them (parent: the waypoint).
+        status
+            .routes
+            .extend(mesh_registry::translate::mesh_virtual_service_statuses(
+                &loaded.resources,
+                &registry.waypoints,
+            ));
         let proxies = self.gateway_proxies(&loaded, &status);
         let (addresses, authorizations) =
             (resources.address_anys(), resources.authorization_anys());
@@ -248,5 +255,13 @@ pub fn status_of(options: &ControllerOptions) -> anyhow::Result<StatusReport> {
         gateway_class: options.gateway_class.clone(),
         gateway: None,
     };
-    Ok(mesh_registry::translate_loaded(&loaded, &translate_options).status)
+    let mut status = mesh_registry::translate_loaded(&loaded, &translate_options).status;
+    let registry = WorkloadRegistry::build(&loaded.resources, &options.trust_domain);
+    status
+        .routes
+        .extend(mesh_registry::translate::mesh_virtual_service_statuses(
+            &loaded.resources,
+            &registry.waypoints,
+        ));
+    Ok(status)
 }

@@ -50,6 +50,7 @@ use hostnames::{intersect, HostKey};
 use listeners::{GatewayCtx, ListenerCtx};
 use precedence::precedence_key;
 use routes::{compile_route, CompiledRoute};
+pub use virtual_services_apply::mesh_statuses as mesh_virtual_service_statuses;
 pub use waypoint::translate_waypoint;
 
 #[derive(Debug, Clone)]

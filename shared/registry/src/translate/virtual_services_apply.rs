@@ -254,3 +254,44 @@ pub fn gamma_route_names(resources: &Resources, service: &ObjectRef, port: u16) 
         .map(|r| format!("HTTPRoute {}/{}", r.meta.namespace, r.meta.name))
         .collect()
 }
+
+/// The status of mesh VirtualServices on every waypoint (what each
+/// waypoint's own snapshot reports), for the controller's status: one parent
+/// per waypoint a Service of their hosts is bound to.
+pub fn mesh_statuses(
+    resources: &Resources,
+    waypoints: &crate::workloads::Waypoints,
+) -> Vec<RouteStatus> {
+    if resources.virtual_services.is_empty() {
+        return Vec::new();
+    }
+    let mut resolver = super::backends::BackendResolver::new(resources);
+    let vss = super::virtual_services::compile_all(resources, &mut resolver);
+    if !vss.iter().any(CompiledVirtualService::in_mesh) {
+        return Vec::new();
+    }
+    let mut report = VsReport::default();
+    for ((namespace, name), service) in &resources.services {
+        let Some(crate::workloads::WaypointBinding::Bound(w)) =
+            waypoints.for_service(namespace, name)
+        else {
+            continue;
+        };
+        let waypoint = ObjectRef {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+        };
+        let service_ref = ObjectRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        for port in service.spec.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let gamma = gamma_route_names(resources, &service_ref, port);
+            service_table(&waypoint, &service_ref, port, &gamma, &vss, &mut report);
+        }
+    }
+    report.statuses(&vss)
+}

@@ -380,3 +380,21 @@ spec:
         .unwrap();
     assert_eq!((retry.attempts, retry.codes.len()), (2, 100));
 }
+
+#[test]
+fn the_controller_reports_mesh_virtual_services_per_waypoint() {
+    let statuses = |yaml: &str| {
+        let loaded = load(yaml);
+        let registry = WorkloadRegistry::build(&loaded.resources, DEFAULT_TRUST_DOMAIN);
+        crate::translate::mesh_virtual_service_statuses(&loaded.resources, &registry.waypoints)
+    };
+    let s = statuses(&format!("{BASE}{VS}"));
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].parents[0].parent_ref.name, "waypoint");
+    assert_eq!(s[0].parents[0].conditions[0].status, "True");
+    let s = statuses(&format!("{BASE}{VS}{HTTP_ROUTES}"));
+    let accepted = &s[0].parents[0].conditions[0];
+    assert_eq!(accepted.reason, "OverriddenByHTTPRoute");
+    assert!(accepted.message.contains("HTTPRoute shop/reviews-mesh"));
+    assert!(statuses(&format!("{BASE}{}", VS.replace("[mesh, edge]", "[edge]"))).is_empty());
+}
