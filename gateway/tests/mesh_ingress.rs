@@ -21,12 +21,13 @@ mod support;
 mod topology;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use topology::apps::{pod_of, spawn_http_app};
 use topology::*;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
@@ -205,46 +206,6 @@ fn sibling_bin(name: &str) -> PathBuf {
     Path::new(GATEWAY).with_file_name(name)
 }
 
-/// An HTTP/1.1 app: answers each request with its pod name and the
-/// request head it received.
-fn spawn_http_app(pod: &Pod, port: u16) {
-    let name = pod.name;
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(&pod.netns(), move || {
-        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind app");
-        tx.send(()).unwrap();
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || serve_http(stream, name));
-        }
-    });
-    rx.recv().unwrap();
-}
-
-fn serve_http(mut stream: TcpStream, name: &str) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
-        let body = format!("pod={name}\n{head}");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if stream.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 /// A program inside a pod's network namespace, killed on drop.
 struct PodProcess {
     child: Child,
@@ -299,13 +260,6 @@ impl Drop for PodProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn pod_of(response: &str) -> &str {
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix("pod="))
-        .unwrap_or_else(|| panic!("no pod= line in {response:?}"))
 }
 
 fn inbound_from(z: &Ztunnel, principal: &str) -> u64 {

@@ -12,11 +12,12 @@ mod topology;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use topology::apps::{pod_of, spawn_http_app};
 use topology::*;
 
 const ZTUNNEL: &str = env!("CARGO_BIN_EXE_ztunnel");
@@ -177,48 +178,6 @@ fn waypoint_bin() -> PathBuf {
     Path::new(ZTUNNEL).with_file_name("waypoint")
 }
 
-/// An HTTP/1.1 app: answers every request (keep-alive) with its pod name
-/// and the request head it received.
-fn spawn_http_app(pod: &Pod, port: u16) {
-    let name = pod.name;
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(&pod.netns(), move || {
-        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind app");
-        tx.send(()).unwrap();
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || serve_http(stream, name));
-        }
-    });
-    rx.recv().unwrap();
-}
-
-fn serve_http(mut stream: TcpStream, name: &str) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
-        let body = format!("pod={name}\n{head}");
-        let close = head.to_ascii_lowercase().contains("connection: close");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "connection: close\r\n" } else { "" }
-        );
-        if stream.write_all(response.as_bytes()).is_err() || close {
-            return;
-        }
-    }
-}
-
 /// From inside `pod`: one GET to `to`, read to EOF. Err on connect failure
 /// or timeout; an empty string when the connection was closed unanswered.
 fn get(pod: &Pod, to: &str, path: &str) -> std::io::Result<String> {
@@ -337,13 +296,6 @@ impl Drop for Waypoint {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn pod_of(response: &str) -> &str {
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix("pod="))
-        .unwrap_or_else(|| panic!("no pod= line in {response:?}"))
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! the node's namespace and enters the pod namespaces its config names.
 #![allow(dead_code)]
 
+pub mod apps;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
