@@ -132,6 +132,12 @@ mod tests {
         ])
         .is_err());
         assert!(Args::try_parse_from(["gateway"]).is_err());
+        let x = ["gateway", "--xds", "c:1", "--gateway", "a/b"];
+        let with_node =
+            Args::parse_from([&x[..], &["--node", "n1", "--node-token-file", "t"]].concat());
+        assert_eq!(with_node.connected.node.as_deref(), Some("n1"));
+        assert!(Args::try_parse_from([&x[..], &["--node-token-file", "t"]].concat()).is_err());
+        assert!(Args::try_parse_from(["gateway", "--config", "x", "--node", "n1"]).is_err());
         assert!(
             Args::try_parse_from(["gateway", "--config", "x", "--xds-root-cert", "r.pem"]).is_err()
         );

@@ -18,6 +18,15 @@
 //!   5 s). A controller that has no such Gateway: after a second on a live
 //!   stream the gateway starts with no listeners and picks the Gateway up
 //!   when it appears.
+//! - Into the mesh (`--node NAME`): the gateway's workload certificate
+//!   (`spiffe://TD/ns/GW_NS/sa/<gateway>-istio`, or `--service-account`)
+//!   comes from the controller's CA (`metadata.node`, `--node-token-file`
+//!   bearer token; the CA's rule wants a pod of that identity on that node),
+//!   renewed at half-life; the workload registry that says which backends
+//!   are mesh workloads comes from the same stream (wildcard
+//!   `istio.workload.Address` and `istio.security.Authorization`, as a
+//!   ztunnel subscribes). Upstreams then work as with `--ca-dir` in
+//!   standalone mode (src/mesh.rs).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +34,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use mesh_api::istio::security::Authorization;
+use mesh_api::istio::workload::Address;
 use mesh_api::type_url;
-use mesh_registry::xds::l7;
+use mesh_registry::workloads::WorkloadRegistry;
+use mesh_registry::xds::{decode_all, l7, LocalNetns};
 use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
-use mesh_xds::{ClientConfig, ClientStats, ResourceSet, XdsClient};
+use mesh_tls::{HboneTls, WorkloadCert};
+use mesh_xds::{CaClient, CaClientConfig, ClientConfig, ClientStats, ResourceSet, XdsClient};
+
+use crate::mesh::{Mesh, MeshArgs};
 
 /// Flags of connected mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -60,20 +76,41 @@ pub struct ConnectedArgs {
     /// (`router~IP~NAME.NS~NS.svc.cluster.local`, as Istio's gateways).
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub pod_ip: std::net::IpAddr,
+
+    /// Into the mesh in connected mode: the node this gateway runs on. Its
+    /// certificate then comes from the controller's CA (which checks that a
+    /// pod of the gateway's identity runs there) and the workload registry
+    /// from the controller.
+    #[arg(long, value_name = "NAME", requires = "xds")]
+    pub node: Option<String>,
+
+    /// File holding the node's bootstrap token (sent to the CA as a bearer token).
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub node_token_file: Option<PathBuf>,
+}
+
+/// What connected mode hands to the data plane.
+pub struct Started {
+    pub metrics: Arc<XdsMetrics>,
+    /// With `--node`: the mesh side (certificate and registry).
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 /// The longest gap between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const RENEW_CHECK: Duration = Duration::from_secs(5);
 
-/// Subscribes to the Gateway's Proxy and blocks until the first snapshot is
-/// published (or the controller confirmed it has none). Returns the
-/// `/metrics` source of the xDS client.
+/// Subscribes to the Gateway's Proxy (and, with `--node`, to the workload
+/// registry) and blocks until the first snapshot is published (or the
+/// controller confirmed it has none); with `--node`, gets the gateway's
+/// certificate from the controller's CA.
 pub fn start(
     args: &ConnectedArgs,
     address: &str,
     gateway: &ObjectRef,
+    mesh_args: &MeshArgs,
     snapshots: &SnapshotHandle,
-) -> anyhow::Result<Arc<XdsMetrics>> {
+) -> anyhow::Result<Started> {
     let tls = client_tls(args)?;
     let address = normalize_address(address, tls.is_some());
     let name = l7::resource_name(gateway);
@@ -85,42 +122,175 @@ pub fn start(
     );
     let mut config = ClientConfig::new(address.clone(), node_id.clone())
         .named(type_url::L7_PROXY, [name.clone()]);
-    config.tls = tls;
+    let registry = args
+        .node
+        .as_ref()
+        .map(|_| Arc::new(ArcSwap::from_pointee(WorkloadRegistry::default())));
+    if registry.is_some() {
+        config = config
+            .wildcard(type_url::ADDRESS)
+            .wildcard(type_url::AUTHORIZATION);
+    }
+    config.tls = tls.clone();
     config.max_backoff = MAX_BACKOFF;
     let client = XdsClient::new(config);
     let metrics = Arc::new(XdsMetrics {
         stats: client.stats(),
         pushes: AtomicU64::new(0),
+        registry_pushes: AtomicU64::new(0),
+        certificates: AtomicU64::new(0),
+        renewals: AtomicU64::new(0),
+        renewal_failures: AtomicU64::new(0),
     });
-    spawn_xds_thread(client, name.clone(), snapshots.clone(), metrics.clone())?;
+    let handle = spawn_xds_thread(
+        client,
+        Subscribed {
+            name: name.clone(),
+            snapshots: snapshots.clone(),
+            registry: registry.clone(),
+            trust_domain: mesh_args.trust_domain.clone(),
+        },
+        metrics.clone(),
+    )?;
     tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
-    wait_initial_sync(&metrics, &name);
-    Ok(metrics)
+    wait_initial_sync(&metrics, &name, registry.is_some());
+
+    let (Some(node), Some(registry)) = (&args.node, registry) else {
+        return Ok(Started {
+            metrics,
+            mesh: None,
+        });
+    };
+    let mut ca_config = CaClientConfig::new(address, node);
+    ca_config.tls = tls;
+    ca_config.token = match &args.node_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the node token {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // The lazy channel spawns its connection task: it must be made inside the runtime.
+    let ca = {
+        let _runtime = handle.enter();
+        CaClient::new(ca_config).map_err(anyhow::Error::msg)?
+    };
+    let identity = mesh_args.identity(Some(gateway))?;
+    let issued = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ca, wanted) = (ca.clone(), identity.clone());
+        handle.spawn(async move {
+            let _ = tx.send(ca.issue(&wanted).await);
+        });
+        rx.recv().context("the xDS thread stopped")?.map_err(|e| {
+            anyhow::anyhow!("certificate for {identity} from the controller's CA: {e}")
+        })?
+    };
+    let hbone = Arc::new(HboneTls::from_workload_cert(
+        &issued.root_pem,
+        &issued.cert,
+    )?);
+    tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
+    metrics.certificates.store(1, Ordering::Relaxed);
+    handle.spawn(renew(ca, issued.cert, hbone.clone(), metrics.clone()));
+    Ok(Started {
+        metrics,
+        mesh: Some(Mesh::from_parts(hbone, registry, &mesh_args.trust_domain)),
+    })
+}
+
+/// Where pushes go.
+struct Subscribed {
+    name: String,
+    snapshots: SnapshotHandle,
+    registry: Option<Arc<ArcSwap<WorkloadRegistry>>>,
+    trust_domain: String,
 }
 
 fn spawn_xds_thread(
     client: XdsClient,
-    name: String,
-    snapshots: SnapshotHandle,
+    to: Subscribed,
     metrics: Arc<XdsMetrics>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("xDS runtime")?;
+    let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name("gateway-xds".into())
         .spawn(move || {
-            runtime.block_on(client.run(move |_delta, all| {
-                let snapshot = snapshot_of(all, &name)?;
-                let version = mesh_runtime::publish(&snapshots, snapshot);
-                metrics.pushes.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(resource = %name, version, "configuration received from the controller");
+            runtime.block_on(client.run(move |delta, all| {
+                if delta.type_url == type_url::L7_PROXY {
+                    let snapshot = snapshot_of(all, &to.name)?;
+                    let version = mesh_runtime::publish(&to.snapshots, snapshot);
+                    metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(resource = %to.name, version, "configuration received from the controller");
+                } else if let Some(registry) = &to.registry {
+                    registry.store(Arc::new(registry_of(all, &to.trust_domain)?));
+                    metrics.registry_pushes.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(())
             }))
         })
         .context("cannot start the xDS thread")?;
-    Ok(())
+    Ok(handle)
+}
+
+/// The workload registry from the full resource set (no netns paths: the
+/// gateway captures nothing); `Err` names what cannot be used (NACK).
+fn registry_of(all: &ResourceSet, trust_domain: &str) -> Result<WorkloadRegistry, String> {
+    let addresses: Vec<Address> = match all.get(type_url::ADDRESS) {
+        Some(held) => decode_all(
+            type_url::ADDRESS,
+            held.iter().map(|(n, r)| (n, &r.resource)),
+        )?,
+        None => Vec::new(),
+    };
+    let authorizations: Vec<Authorization> = match all.get(type_url::AUTHORIZATION) {
+        Some(held) => decode_all(
+            type_url::AUTHORIZATION,
+            held.iter().map(|(n, r)| (n, &r.resource)),
+        )?,
+        None => Vec::new(),
+    };
+    WorkloadRegistry::from_xds(
+        &addresses,
+        &authorizations,
+        trust_domain,
+        &LocalNetns::new(),
+    )
+}
+
+/// Renews the certificate at half-life through the controller's CA; new
+/// handshakes use the new one, established connections keep theirs. A
+/// failed renewal is retried at the next check.
+async fn renew(ca: CaClient, mut cert: WorkloadCert, tls: Arc<HboneTls>, metrics: Arc<XdsMetrics>) {
+    loop {
+        tokio::time::sleep(RENEW_CHECK).await;
+        if !cert.should_renew(std::time::SystemTime::now()) {
+            continue;
+        }
+        let renewed = ca.issue(&cert.identity).await.and_then(|issued| {
+            tls.cert_store()
+                .rotate(&issued.cert)
+                .map_err(|e| e.to_string())?;
+            Ok(issued.cert)
+        });
+        match renewed {
+            Ok(new) => {
+                tracing::info!(identity = %new.identity, "certificate renewed by the controller's CA");
+                metrics.renewals.fetch_add(1, Ordering::Relaxed);
+                cert = new;
+            }
+            Err(e) => {
+                metrics.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(identity = %cert.identity, error = %e, "certificate renewal failed; retrying");
+            }
+        }
+    }
 }
 
 /// The snapshot for the full resource set; `Err` names what cannot be used
@@ -134,14 +304,17 @@ pub fn snapshot_of(all: &ResourceSet, name: &str) -> Result<Snapshot, String> {
     l7::snapshot_of(&proxy).map_err(|e| format!("{name}: {e}"))
 }
 
-/// Waits for the first applied push; with a controller that stays connected
-/// for a second without sending the Gateway, starts empty. Waits as long as
-/// the controller is unreachable.
-fn wait_initial_sync(metrics: &XdsMetrics, name: &str) {
+/// Waits for the first applied push (and the first registry push when
+/// `registry`); with a controller that stays connected for a second without
+/// sending them, starts with what it has. Waits as long as the controller
+/// is unreachable.
+fn wait_initial_sync(metrics: &XdsMetrics, name: &str, registry: bool) {
     let mut last_log = Instant::now();
     let mut connected_since: Option<Instant> = None;
     loop {
-        if metrics.pushes.load(Ordering::Relaxed) > 0 {
+        if metrics.pushes.load(Ordering::Relaxed) > 0
+            && (!registry || metrics.registry_pushes.load(Ordering::Relaxed) > 0)
+        {
             return;
         }
         if metrics.stats.connected() {
@@ -191,6 +364,10 @@ fn normalize_address(address: &str, tls: bool) -> String {
 pub struct XdsMetrics {
     stats: Arc<ClientStats>,
     pushes: AtomicU64,
+    registry_pushes: AtomicU64,
+    certificates: AtomicU64,
+    renewals: AtomicU64,
+    renewal_failures: AtomicU64,
 }
 
 impl mesh_runtime::MetricsSource for XdsMetrics {
@@ -206,6 +383,22 @@ impl mesh_runtime::MetricsSource for XdsMetrics {
             (
                 "ringmesh_gateway_xds_pushes_applied_total",
                 self.pushes.load(Ordering::Relaxed),
+            ),
+            (
+                "ringmesh_gateway_xds_registry_pushes_applied_total",
+                self.registry_pushes.load(Ordering::Relaxed),
+            ),
+            (
+                "ringmesh_gateway_certificates",
+                self.certificates.load(Ordering::Relaxed),
+            ),
+            (
+                "ringmesh_gateway_certificate_renewals_total",
+                self.renewals.load(Ordering::Relaxed),
+            ),
+            (
+                "ringmesh_gateway_certificate_renewal_failures_total",
+                self.renewal_failures.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "{name} {value}");

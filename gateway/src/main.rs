@@ -82,15 +82,14 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
                 .as_ref()
                 .context("--xds needs --gateway NS/NAME")?;
             if args.mesh.ca_dir.is_some() {
-                anyhow::bail!("--ca-dir is not supported with --xds yet");
+                anyhow::bail!(
+                    "--ca-dir is for standalone mode; with --xds the certificate comes from the controller's CA (--node, --node-token-file)"
+                );
             }
-            runtime.add_metrics(connected::start(
-                &args.connected,
-                address,
-                gateway,
-                &snapshots,
-            )?);
-            None
+            let started =
+                connected::start(&args.connected, address, gateway, &args.mesh, &snapshots)?;
+            runtime.add_metrics(started.metrics);
+            started.mesh
         }
         None => standalone(&args, &translate_options, &snapshots, &mut runtime)?,
     };

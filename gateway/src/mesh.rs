@@ -89,6 +89,20 @@ impl Mesh {
         Ok(Some(Arc::new(mesh)))
     }
 
+    /// Connected mode: the certificate comes from the controller's CA and
+    /// the registry from its xDS pushes (src/connected.rs keeps both current).
+    pub fn from_parts(
+        tls: Arc<HboneTls>,
+        registry: Arc<ArcSwap<WorkloadRegistry>>,
+        trust_domain: &str,
+    ) -> Arc<Self> {
+        Arc::new(Mesh {
+            tls,
+            registry,
+            trust_domain: trust_domain.to_string(),
+        })
+    }
+
     /// Rebuilds the workload registry from the config (mesh workloads,
     /// Services, waypoints). Config errors are reported by the snapshot's
     /// own load.

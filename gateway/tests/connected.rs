@@ -572,3 +572,99 @@ fn https_certificates_travel_inline_over_the_tls_channel() {
     assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
     assert_eq!(gw.metric("ringmesh_gateway_xds_connected"), 1);
 }
+
+const GATEWAY_POD_AND_TOKENS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: edge-istio-0, namespace: infra, labels: {app: edge}}
+spec: {nodeName: gw-node, serviceAccountName: edge-istio, containers: []}
+status: {podIP: 127.0.0.50}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ringmesh-node-tokens, namespace: istio-system}
+stringData: {gw-node: token-of-gw-node}
+";
+
+#[test]
+fn with_a_node_the_mesh_identity_comes_from_the_controllers_ca() {
+    let config = TempConfig::new();
+    let one = backend("one");
+    let port = free_port();
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    config.write("services.yaml", &services(one, one));
+    config.write("gateway.yaml", &gateway_yaml(port));
+    config.write("route.yaml", &route_yaml(1, 0, false));
+    config.write("mesh.yaml", GATEWAY_POD_AND_TOKENS);
+    std::fs::write(config.path().join("token"), "token-of-gw-node\n").unwrap();
+    std::fs::write(config.path().join("wrong-token"), "guess\n").unwrap();
+    let controller = Controller::start(
+        config.path(),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let node_args = |token: &str| {
+        vec![
+            "--node".to_string(),
+            "gw-node".into(),
+            "--node-token-file".into(),
+            config.path().join(token).display().to_string(),
+        ]
+    };
+
+    // A wrong token: the CA refuses, and the gateway says so and exits.
+    let mut refused = Command::new(GATEWAY)
+        .args([
+            "--xds",
+            &controller.xds.to_string(),
+            "--gateway",
+            "infra/edge",
+        ])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--ready-addr", "127.0.0.1:0"])
+        .args(node_args("wrong-token"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            let mut log = String::new();
+            let _ = std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut log);
+            panic!("a gateway with a wrong node token kept running:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("spiffe://cluster.local/ns/infra/sa/edge-istio")
+            && stderr.contains("controller's CA"),
+        "{stderr}"
+    );
+
+    // The right token: a certificate, the workload registry, and traffic.
+    let gw = Gateway::start_with(controller.xds, config.path(), &node_args("token"));
+    wait_served(listener, "/app", "one", Duration::from_secs(10));
+    assert_eq!(gw.metric("ringmesh_gateway_certificates"), 1);
+    assert!(gw.metric("ringmesh_gateway_xds_registry_pushes_applied_total") >= 1);
+    assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
+    let status = controller.status();
+    let subscriptions = status["xds"]["connections"][0]["subscriptions"].to_string();
+    for type_url in [
+        "istio.workload.Address",
+        "istio.security.Authorization",
+        "ringmesh.l7.v1.Proxy",
+    ] {
+        assert!(subscriptions.contains(type_url), "{subscriptions}");
+    }
+}
