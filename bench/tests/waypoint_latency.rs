@@ -146,6 +146,12 @@ fn four_paths_measured_and_the_waypoint_counted_its_requests() {
         counted >= through_waypoint,
         "{counted} < {through_waypoint}"
     );
+    assert!(
+        json["settings"]["ztunnel_node2_connections_counted"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let hops: Vec<(&str, &str)> = json["hop_costs"]
         .as_array()
         .unwrap()

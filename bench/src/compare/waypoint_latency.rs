@@ -226,6 +226,10 @@ fn inside(args: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let tunneled = setup::node2_ztunnel_connections()?;
+    if tunneled == 0 {
+        bail!("ztunnel node2 accepted no connection: the mesh paths were not tunneled");
+    }
     let names: Vec<String> = paths.iter().map(|p| p.name.to_string()).collect();
     let tools = vec![OPEN_LOOP.to_string(), MAX_RATE.to_string()];
     let summary = report::summarize(&runs, &names, &tools, wr::BASELINE);
@@ -248,6 +252,7 @@ fn inside(args: &Args) -> anyhow::Result<()> {
                 "baseline": wr::BASELINE,
                 "workers_per_proxy": 1,
                 "waypoint_requests_counted": waypoint_requests,
+                "ztunnel_node2_connections_counted": tunneled,
                 "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
             }),
             placement: format!(

@@ -129,12 +129,24 @@ pub fn start_nginx(cpu: usize, dir: &Path) -> anyhow::Result<Proc> {
 /// its labels), from its /metrics inside its pod: proof that the `waypoint`
 /// path really ran through it.
 pub fn waypoint_requests() -> anyhow::Result<u64> {
+    scrape_counter(WAYPOINT_POD.name, "istio_requests_total")
+}
+
+/// The TCP connections ztunnel node2 accepted for its pods
+/// (`istio_tcp_connections_opened_total`): proof that the mesh paths were
+/// captured and tunneled, not passed through.
+pub fn node2_ztunnel_connections() -> anyhow::Result<u64> {
+    scrape_counter("node2", "istio_tcp_connections_opened_total")
+}
+
+/// Counter `name` summed from 127.0.0.1:15020/metrics inside namespace hb-NS.
+fn scrape_counter(ns: &str, name: &str) -> anyhow::Result<u64> {
     let metrics = SocketAddr::from(([127, 0, 0, 1], 15020));
-    let text = topo::on_thread_in(&netns(WAYPOINT_POD.name), move || {
+    let text = topo::on_thread_in(&netns(ns), move || {
         super::procs::http_get(metrics, "/metrics")
     })?
-    .context("scraping the waypoint's /metrics")?;
-    Ok(counter_sum(&text, "istio_requests_total"))
+    .with_context(|| format!("scraping /metrics in {ns}"))?;
+    Ok(counter_sum(&text, name))
 }
 
 /// Sum of a Prometheus counter's samples over all label sets.
