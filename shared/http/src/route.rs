@@ -95,7 +95,13 @@ pub fn matches(m: &RequestMatcher, path: &str, req: &RequestHead) -> bool {
 }
 
 fn header_matches(h: &HeaderMatch, req: &RequestHead) -> bool {
-    match req.headers.get(&h.name) {
+    // `:authority` (VirtualService `authority` matches): the Host as the client addressed it.
+    let value = if h.name == ":authority" {
+        req.host_header()
+    } else {
+        req.headers.get(&h.name)
+    };
+    match value {
         Some(v) => std::str::from_utf8(v).is_ok_and(|v| h.value.matches(v)),
         None => false,
     }
@@ -122,6 +128,20 @@ fn query_matches(q: &QueryParamMatch, req: &RequestHead) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_match_reads_the_host_as_addressed() {
+        let mut buf = bytes::BytesMut::from(&b"GET /x HTTP/1.1\r\nHost: app.test:8080\r\n\r\n"[..]);
+        let req = crate::codec::request::parse_request(&mut buf, 4096)
+            .unwrap()
+            .unwrap();
+        let m = |value: &str| HeaderMatch {
+            name: ":authority".into(),
+            value: mesh_registry::StringMatch::Exact(value.into()),
+        };
+        assert!(header_matches(&m("app.test:8080"), &req));
+        assert!(!header_matches(&m("app.test"), &req));
+    }
 
     #[test]
     fn host_port_is_stripped_and_lowercased() {

@@ -25,10 +25,10 @@
 //!
 //! Mapping (Istio → engine):
 //! - match: `uri` exact/prefix (a plain string prefix)/regex, `ignoreUriCase`
-//!   (exact and prefix), `method` exact, `headers` and `queryParams`
-//!   exact/prefix/regex, `port` (listener port or Service port), `gateways`.
-//!   Refused (the http route is dropped and reported, never widened):
-//!   `withoutHeaders`, `sourceLabels`, `sourceNamespace`, `authority`,
+//!   (exact and prefix), `method` exact, `authority`, `headers` and
+//!   `queryParams` exact/prefix/regex, `port` (listener port or Service
+//!   port), `gateways`. Refused (the http route is dropped and reported,
+//!   never widened): `withoutHeaders`, `sourceLabels`, `sourceNamespace`,
 //!   `scheme`, a non-exact `method`.
 //! - route: `destination.host` → a Service (short name in the
 //!   VirtualService's namespace, `name.ns`, `name.ns.svc[.cluster.local]`)
@@ -364,7 +364,6 @@ fn compile_match(m: &HttpMatchRequest, namespace: &str) -> Result<VsMatcher, Str
         ("withoutHeaders", !m.without_headers.is_empty()),
         ("sourceLabels", !m.source_labels.is_empty()),
         ("sourceNamespace", m.source_namespace.is_some()),
-        ("authority", m.authority.is_some()),
         ("scheme", m.scheme.is_some()),
     ] {
         if unsupported {
@@ -397,6 +396,12 @@ fn compile_match(m: &HttpMatchRequest, namespace: &str) -> Result<VsMatcher, Str
         Some(_) => return Err("method: only exact is supported".into()),
     };
     let mut headers = Vec::new();
+    if let Some(authority) = &m.authority {
+        headers.push(HeaderMatch {
+            name: ":authority".into(),
+            value: string_match(authority).map_err(|e| format!("authority: {e}"))?,
+        });
+    }
     for (name, sm) in &m.headers {
         headers.push(HeaderMatch {
             name: name.to_ascii_lowercase(),

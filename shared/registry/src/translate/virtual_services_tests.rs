@@ -77,6 +77,7 @@ spec:
       queryParams: {debug: {exact: "1"}}
     - uri: {exact: /exact}
       method: {exact: post}
+      authority: {prefix: reviews.example.com}
     route:
     - destination: {host: reviews, subset: v2}
       weight: 75
@@ -158,6 +159,7 @@ fn http_routes_become_rules_in_order_with_weighted_subsets() {
     assert!(re.is_match("jason") && !re.is_match("xjason"));
     assert_eq!(first.matcher.query_params[0].name, "debug");
     assert_eq!(table.entries[1].matcher.method.as_deref(), Some("POST"));
+    assert_eq!(table.entries[1].matcher.headers[0].name, ":authority");
 
     let rule = &first.rule;
     let names: Vec<(String, u32)> = rule
