@@ -14,7 +14,8 @@
 //!   subjectAltNames are applied (the backend echoes the SNI it got); a
 //!   rule with the wrong CA fails like any upstream connection (502 without
 //!   retries) with a log line naming the failure; a missing CA file is a
-//!   config error naming the rule.
+//!   config error naming the rule; an h2c backend under SIMPLE is refused
+//!   (TLS with ALPN h2 is not done), never sent in plaintext.
 
 mod support;
 #[path = "../../ztunnel/tests/topology/mod.rs"]
@@ -455,7 +456,8 @@ fn https_backend(cert: &TestCert) -> u16 {
     port
 }
 
-fn tls_config(listener_port: u16, backends: &[(&str, u16, &str)]) -> String {
+/// One backend per `(name, port, tls settings, appProtocol)`, routed by `/name`.
+fn tls_config(listener_port: u16, backends: &[(&str, u16, &str, &str)]) -> String {
     let mut out = format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -471,7 +473,7 @@ spec:
   - {{name: http, port: {listener_port}, protocol: HTTP}}
 "
     );
-    for (name, port, tls) in backends {
+    for (name, port, tls, app_protocol) in backends {
         out.push_str(&format!(
             "---
 apiVersion: gateway.networking.k8s.io/v1
@@ -486,7 +488,7 @@ spec:
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default}}
-spec: {{ports: [{{name: https, port: 443}}]}}
+spec: {{ports: [{{name: https, port: 443, appProtocol: {app_protocol}}}]}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -517,7 +519,7 @@ fn simple_tls_to_https_backends() {
     let wrong_ca = cfg.write("other-ca.pem", &other_ca.pem);
     // The CA bundles sit next to the config; only YAML files are config.
     let (good_port, wrong_port) = (https_backend(&backend_cert), https_backend(&backend_cert));
-    let missing_port = https_backend(&backend_cert);
+    let (missing_port, grpc_port) = (https_backend(&backend_cert), https_backend(&backend_cert));
     let listener = support::free_port();
     let good_tls = format!(
         "{{mode: SIMPLE, caCertificates: {}, sni: backend.example, subjectAltNames: [backend.example]}}",
@@ -533,9 +535,10 @@ fn simple_tls_to_https_backends() {
         &tls_config(
             listener,
             &[
-                ("good", good_port, &good_tls),
-                ("wrong", wrong_port, &wrong_tls),
-                ("missing", missing_port, missing_tls),
+                ("good", good_port, &good_tls, "https"),
+                ("wrong", wrong_port, &wrong_tls, "https"),
+                ("missing", missing_port, missing_tls, "https"),
+                ("grpc", grpc_port, &good_tls, "kubernetes.io/h2c"),
             ],
         ),
     );
@@ -580,4 +583,13 @@ fn simple_tls_to_https_backends() {
         status.contains("DestinationRule default/missing"),
         "{status}"
     );
+    // An HTTP/2 (h2c, gRPC) backend under SIMPLE: TLS with ALPN h2 is not
+    // done yet, so it is refused with a log line, never sent in plaintext.
+    let r = support::get(addr, "/grpc").unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    support::wait_for("the h2c refusal log line", Duration::from_secs(5), || {
+        gw.logs().lines().any(|l| {
+            l.contains("not supported yet") && l.contains(&format!("127.0.0.1:{grpc_port}"))
+        })
+    });
 }

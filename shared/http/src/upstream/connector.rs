@@ -234,6 +234,15 @@ pub fn install_hbone_upstream(connector: UpstreamConnector) {
     install_upstream_connector(connector);
 }
 
+/// The transport this worker's connector gives `addr` (plain TCP without
+/// one). For callers that dial themselves (the h2c pool).
+pub(crate) fn transport_for(addr: SocketAddr) -> Transport {
+    match CONNECTOR.with(|c| c.borrow().clone()) {
+        None => Transport::Tcp,
+        Some(connector) => (connector.transport_of)(addr),
+    }
+}
+
 /// A new upstream connection to `addr`, the way this worker is set up for.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Io> {
     match CONNECTOR.with(|c| c.borrow().clone()) {

@@ -14,6 +14,8 @@ use h2::client::SendRequest;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
+use super::connector::Transport;
+
 /// Our receive windows toward backends (gRPC streams are often long-lived
 /// and bulky; the sizes that reached full speed for HBONE).
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -76,6 +78,26 @@ impl H2Pool {
     }
 
     async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<SendRequest<Bytes>> {
+        // What the worker's connector says about this address: h2c rides
+        // plain TCP only. TLS (DestinationRule SIMPLE) or a refusal must not
+        // turn into plaintext; HBONE (a mesh pod) keeps plain TCP, which the
+        // pod's ztunnel captures.
+        match super::connector::transport_for(addr) {
+            Transport::Tcp | Transport::Hbone { .. } => {}
+            Transport::Tls { .. } => {
+                let reason =
+                    "tls.mode SIMPLE toward an HTTP/2 (h2c, gRPC) backend is not supported yet";
+                tracing::warn!(endpoint = %addr, "upstream connection refused: {reason}");
+                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, reason));
+            }
+            Transport::Refuse(reason) => {
+                tracing::warn!(endpoint = %addr, "upstream connection refused: {reason}");
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    reason.to_string(),
+                ));
+            }
+        }
         let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
             Ok(r) => r?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
