@@ -32,7 +32,7 @@ const NAME: &str = "waypoint-latency";
 
 /// One path under test: where the load comes from and goes to, and which
 /// processes its proxy CPU is charged to.
-struct Path4 {
+struct PathUnderTest {
     name: &'static str,
     client_pod: &'static str,
     url: String,
@@ -100,136 +100,25 @@ fn inside(args: &Args) -> anyhow::Result<()> {
     let bench = std::env::current_exe()?;
     let ztunnel = binary("HBONE_ZTUNNEL_BIN", "ztunnel", &bench);
     let waypoint = binary("WAYPOINT_BIN", "waypoint", &bench);
-    let started_at = crate::load::fortio::rfc3339(SystemTime::now());
-    let dir = std::env::temp_dir().join(format!("waypoint-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    topo::build_with(&[WAYPOINT_POD, NGINX_POD])?;
-    topo::write_config_with(&dir, &setup::mesh_yaml())?;
-    let (pcpu, lcpu) = (args.proxy_cpu, args.load_cpu);
-    let mut procs = Procs {
-        proxies: vec![],
-        echoes: vec![
-            setup::start_echo(&bench, lcpu, "b", args.response_size)?,
-            setup::start_echo(&bench, lcpu, "d", args.response_size)?,
-        ],
-    };
     if !ztunnel.is_file() {
         bail!(
             "{} not found (cargo build --release -p ringmesh-ztunnel, or set HBONE_ZTUNNEL_BIN)",
             ztunnel.display()
         );
     }
-    procs
-        .proxies
-        .push(topo::start_ztunnel(&ztunnel, pcpu, 1, &dir)?);
-    procs
-        .proxies
-        .push(topo::start_ztunnel(&ztunnel, pcpu, 2, &dir)?);
-    let mut paths = vec![
-        Path4 {
-            name: "direct",
-            client_pod: "c",
-            url: format!("http://{POD_D}:{APP_PORT}/"),
-            charged: vec![],
-            echo: 1,
-        },
-        Path4 {
-            name: "ztunnel",
-            client_pod: "a",
-            url: format!("http://{}/", setup::L4_VIP),
-            charged: vec![0, 1],
-            echo: 0,
-        },
-    ];
-    let mut skipped = vec![];
-    match setup::start_waypoint(&waypoint, pcpu, &dir) {
-        Ok(p) => {
-            procs.proxies.push(p);
-            paths.push(Path4 {
-                name: "waypoint",
-                client_pod: "a",
-                url: format!("http://{}/", setup::L7_VIP),
-                charged: vec![0, 1, procs.proxies.len() - 1],
-                echo: 0,
-            });
-        }
-        Err(e) => skipped.push(format!("waypoint: {e:#}")),
-    }
-    match setup::start_nginx(pcpu, &dir) {
-        Ok(p) => {
-            procs.proxies.push(p);
-            paths.push(Path4 {
-                name: "nginx",
-                client_pod: "c",
-                url: format!("http://{}:{NGINX_PORT}/", NGINX_POD.ip),
-                charged: vec![procs.proxies.len() - 1],
-                echo: 1,
-            });
-        }
-        Err(e) => skipped.push(format!("nginx: {e:#}")),
-    }
-    for why in &skipped {
-        eprintln!("skipping {why}");
-    }
+    let started_at = crate::load::fortio::rfc3339(SystemTime::now());
+    let dir = std::env::temp_dir().join(format!("waypoint-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    topo::build_with(&[WAYPOINT_POD, NGINX_POD])?;
+    topo::write_config_with(&dir, &setup::mesh_yaml())?;
+    let (mut procs, paths, skipped) = start_paths(&bench, &ztunnel, &waypoint, args, &dir)?;
     let json_tmp = dir.join("load.json");
     for p in &paths {
-        warm_up(&bench, lcpu, p, &json_tmp).with_context(|| format!("warm-up of {}", p.name))?;
+        warm_up(&bench, args.load_cpu, p, &json_tmp)
+            .with_context(|| format!("warm-up of {}", p.name))?;
     }
-    let mut runs = Vec::new();
-    for round in 0..args.rounds {
-        // A B A B ...: every path once per round, the start rotating.
-        let n = paths.len();
-        for i in 0..n {
-            let p = &paths[(i + round) % n];
-            for proxy in procs.proxies.iter_mut() {
-                proxy.check_alive()?;
-            }
-            for (tool, qps) in [(OPEN_LOOP, Some(args.qps)), (MAX_RATE, None)] {
-                let mode = Mode {
-                    tool,
-                    qps,
-                    round: round + 1,
-                };
-                let run = measure(&bench, args, &procs, p, &mode, &json_tmp)
-                    .with_context(|| format!("round {} on {} ({tool})", round + 1, p.name))?;
-                if run.load.errors > 0 {
-                    eprintln!("warning: {} errors on {} ({tool})", run.load.errors, p.name);
-                }
-                eprintln!(
-                    "round {}/{} {:>8} {:>9}: {:>8.0} req/s  p50 {:>6.0}µs  p90 {:>6.0}µs  p99 {:>6.0}µs  proxy CPU {} µs/req",
-                    round + 1,
-                    args.rounds,
-                    p.name,
-                    tool,
-                    run.load.rps,
-                    run.load.p50_us,
-                    run.load.p90_us,
-                    run.load.p99_us,
-                    run.proxy_cpu_us_per_request
-                        .map_or("-".into(), |v| format!("{v:.1}")),
-                );
-                runs.push(run);
-            }
-        }
-    }
-    let waypoint_requests = if paths.iter().any(|p| p.name == "waypoint") {
-        let sent: u64 = runs
-            .iter()
-            .filter(|r| r.contender == "waypoint")
-            .map(|r| r.load.requests)
-            .sum();
-        let counted = setup::waypoint_requests()?;
-        if counted < sent {
-            bail!("the waypoint counted {counted} requests, the load generator sent {sent} through it: the waypoint path bypassed it");
-        }
-        Some(counted)
-    } else {
-        None
-    };
-    let tunneled = setup::node2_ztunnel_connections()?;
-    if tunneled == 0 {
-        bail!("ztunnel node2 accepted no connection: the mesh paths were not tunneled");
-    }
+    let runs = run_rounds(&bench, args, &mut procs, &paths, &json_tmp)?;
+    let (waypoint_requests, tunneled) = check_mesh_paths(&paths, &runs)?;
     let names: Vec<String> = paths.iter().map(|p| p.name.to_string()).collect();
     let tools = vec![OPEN_LOOP.to_string(), MAX_RATE.to_string()];
     let summary = report::summarize(&runs, &names, &tools, wr::BASELINE);
@@ -256,8 +145,8 @@ fn inside(args: &Args) -> anyhow::Result<()> {
                 "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
             }),
             placement: format!(
-                "ztunnels, waypoint and nginx (one worker each) pinned to CPU {pcpu}; bench load -t1 and the echo backends (bench echo, 1 worker, {}-byte body) pinned to CPU {lcpu}",
-                args.response_size
+                "ztunnels, waypoint and nginx (one worker each) pinned to CPU {}; bench load -t1 and the echo backends (bench echo, 1 worker, {}-byte body) pinned to CPU {}",
+                args.proxy_cpu, args.response_size, args.load_cpu
             ),
             skipped,
             summary,
@@ -277,6 +166,151 @@ fn inside(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the echoes and the proxies; the paths that can run, and why the
+/// others cannot (the waypoint or nginx failing to start skips its path).
+fn start_paths(
+    bench: &Path,
+    ztunnel: &Path,
+    waypoint: &Path,
+    args: &Args,
+    dir: &Path,
+) -> anyhow::Result<(Procs, Vec<PathUnderTest>, Vec<String>)> {
+    let (pcpu, lcpu) = (args.proxy_cpu, args.load_cpu);
+    let mut procs = Procs {
+        proxies: vec![],
+        echoes: vec![
+            setup::start_echo(bench, lcpu, "b", args.response_size)?,
+            setup::start_echo(bench, lcpu, "d", args.response_size)?,
+        ],
+    };
+    procs
+        .proxies
+        .push(topo::start_ztunnel(ztunnel, pcpu, 1, dir)?);
+    procs
+        .proxies
+        .push(topo::start_ztunnel(ztunnel, pcpu, 2, dir)?);
+    let mut paths = vec![
+        PathUnderTest {
+            name: "direct",
+            client_pod: "c",
+            url: format!("http://{POD_D}:{APP_PORT}/"),
+            charged: vec![],
+            echo: 1,
+        },
+        PathUnderTest {
+            name: "ztunnel",
+            client_pod: "a",
+            url: format!("http://{}/", setup::L4_VIP),
+            charged: vec![0, 1],
+            echo: 0,
+        },
+    ];
+    let mut skipped = vec![];
+    match setup::start_waypoint(waypoint, pcpu, dir) {
+        Ok(p) => {
+            procs.proxies.push(p);
+            paths.push(PathUnderTest {
+                name: "waypoint",
+                client_pod: "a",
+                url: format!("http://{}/", setup::L7_VIP),
+                charged: vec![0, 1, procs.proxies.len() - 1],
+                echo: 0,
+            });
+        }
+        Err(e) => skipped.push(format!("waypoint: {e:#}")),
+    }
+    match setup::start_nginx(pcpu, dir) {
+        Ok(p) => {
+            procs.proxies.push(p);
+            paths.push(PathUnderTest {
+                name: "nginx",
+                client_pod: "c",
+                url: format!("http://{}:{NGINX_PORT}/", NGINX_POD.ip),
+                charged: vec![procs.proxies.len() - 1],
+                echo: 1,
+            });
+        }
+        Err(e) => skipped.push(format!("nginx: {e:#}")),
+    }
+    for why in &skipped {
+        eprintln!("skipping {why}");
+    }
+    Ok((procs, paths, skipped))
+}
+
+/// A B A B ...: every path once per round (open loop, then max rate), the
+/// start of the order rotating each round.
+fn run_rounds(
+    bench: &Path,
+    args: &Args,
+    procs: &mut Procs,
+    paths: &[PathUnderTest],
+    json_tmp: &Path,
+) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        let n = paths.len();
+        for i in 0..n {
+            let p = &paths[(i + round) % n];
+            for proxy in procs.proxies.iter_mut() {
+                proxy.check_alive()?;
+            }
+            for (tool, qps) in [(OPEN_LOOP, Some(args.qps)), (MAX_RATE, None)] {
+                let mode = Mode {
+                    tool,
+                    qps,
+                    round: round + 1,
+                };
+                let run = measure(bench, args, procs, p, &mode, json_tmp)
+                    .with_context(|| format!("round {} on {} ({tool})", round + 1, p.name))?;
+                if run.load.errors > 0 {
+                    eprintln!("warning: {} errors on {} ({tool})", run.load.errors, p.name);
+                }
+                eprintln!(
+                    "round {}/{} {:>8} {:>9}: {:>8.0} req/s  p50 {:>6.0}µs  p90 {:>6.0}µs  p99 {:>6.0}µs  proxy CPU {} µs/req",
+                    round + 1,
+                    args.rounds,
+                    p.name,
+                    tool,
+                    run.load.rps,
+                    run.load.p50_us,
+                    run.load.p90_us,
+                    run.load.p99_us,
+                    run.proxy_cpu_us_per_request
+                        .map_or("-".into(), |v| format!("{v:.1}")),
+                );
+                runs.push(run);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Proof that the mesh paths went where they claim: the waypoint counted
+/// every request sent through it, and ztunnel node2 accepted tunneled
+/// connections. (requests the waypoint counted, connections node2 counted).
+fn check_mesh_paths(paths: &[PathUnderTest], runs: &[Run]) -> anyhow::Result<(Option<u64>, u64)> {
+    let waypoint_requests = if paths.iter().any(|p| p.name == "waypoint") {
+        let sent: u64 = runs
+            .iter()
+            .filter(|r| r.contender == "waypoint")
+            .map(|r| r.load.requests)
+            .sum();
+        let counted = setup::waypoint_requests()?;
+        if counted < sent {
+            bail!("the waypoint counted {counted} requests, the load generator sent {sent} through it: the waypoint path bypassed it");
+        }
+        Some(counted)
+    } else {
+        None
+    };
+    let tunneled = setup::node2_ztunnel_connections()?;
+    if tunneled == 0 {
+        bail!("ztunnel node2 accepted no connection: the mesh paths were not tunneled");
+    }
+    Ok((waypoint_requests, tunneled))
+}
+
 /// Which run of a round: open loop at a rate, or closed loop (max rate).
 struct Mode {
     tool: &'static str,
@@ -289,7 +323,7 @@ fn measure(
     bench: &Path,
     args: &Args,
     procs: &Procs,
-    p: &Path4,
+    p: &PathUnderTest,
     mode: &Mode,
     json_tmp: &Path,
 ) -> anyhow::Result<Run> {
@@ -327,7 +361,7 @@ fn measure(
 fn load(
     bench: &Path,
     cpu: usize,
-    p: &Path4,
+    p: &PathUnderTest,
     connections: usize,
     duration: Duration,
     qps: Option<f64>,
@@ -339,7 +373,7 @@ fn load(
 
 /// Proves the path answers (retrying while listeners and pools come up),
 /// then warms it for a second; excluded from the measurements.
-fn warm_up(bench: &Path, cpu: usize, p: &Path4, json_tmp: &Path) -> anyhow::Result<()> {
+fn warm_up(bench: &Path, cpu: usize, p: &PathUnderTest, json_tmp: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let probe = load(bench, cpu, p, 1, Duration::from_millis(300), None, json_tmp);
