@@ -5,8 +5,10 @@
 //!   (not captured) with `--ca-dir`. The gateway reaches mesh pods over
 //!   HBONE with its own SPIFFE identity (seen by the destination ztunnels),
 //!   a Service with `istio.io/ingress-use-waypoint` through its waypoint
-//!   (whose HTTPRoute filter shows in the response), and a Service bound
-//!   to a missing waypoint fails closed (502, a refused connection). Needs `target/debug/ztunnel`
+//!   (whose HTTPRoute filter shows in the response), a Service bound to a
+//!   missing waypoint fails closed (502, a refused connection), and once
+//!   the config binds it to the existing waypoint (live reload) it is
+//!   served through that waypoint. Needs `target/debug/ztunnel`
 //!   and `target/debug/waypoint` (`cargo build -p ringmesh-ztunnel -p
 //!   ringmesh-waypoint`); skipped without unshare/iptables.
 //! - `simple_tls_to_https_backends`: DestinationRule `tls.mode: SIMPLE`
@@ -158,6 +160,13 @@ metadata:
   namespace: apps
   labels: {istio.io/use-waypoint: nowhere, istio.io/ingress-use-waypoint: "true"}
 spec: {clusterIP: 10.96.0.11, selector: {app: echo}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lost-1, namespace: apps, labels: {kubernetes.io/service-name: lost}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.1.3]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -372,6 +381,40 @@ fn ingress_into_the_mesh_inside() {
     //    failed upstream connection (502), not a bypass to its pods.
     let response = through_gateway("/lost");
     assert!(response.starts_with("HTTP/1.1 502"), "{response:?}");
+
+    // 4. Live reload: the Service is bound to the existing waypoint instead.
+    //    The gateway (and the waypoint, the ztunnels) pick the edit up, and
+    //    its traffic now goes through the waypoint to its pod.
+    let edited = MESH_CONFIG.replace(
+        "istio.io/use-waypoint: nowhere",
+        "istio.io/use-waypoint: waypoint",
+    );
+    assert_ne!(edited, MESH_CONFIG);
+    let staged = dir.join(".mesh.yaml.tmp");
+    std::fs::write(&staged, edited).unwrap();
+    std::fs::rename(&staged, &config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = through_gateway("/lost");
+        if response.starts_with("HTTP/1.1 200") {
+            assert_eq!(pod_of(&response), "echo1", "{response}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit was not applied: {response:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let served = metric_sum(
+        &waypoint.local_get(15020, "/metrics").unwrap(),
+        "istio_requests_total",
+        &[
+            ("destination_service_name", "lost"),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(served >= 1, "the waypoint served the rebound Service");
 
     drop((gateway, waypoint, z1, z2));
     let _ = std::fs::remove_dir_all(&dir);
