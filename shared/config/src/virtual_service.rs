@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::destination_rule::PortSelector;
 use crate::destination_rule::parse_istio_duration;
+pub use crate::destination_rule::PortSelector;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -69,7 +69,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub mirror_percent: Option<u32>,
     #[serde(default)]
-    pub cors_policy: Option<serde_yaml_ng::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub headers: Option<Headers>,
 }
@@ -238,6 +238,28 @@ pub struct HttpMirrorPolicy {
     pub destination: Destination,
     #[serde(default)]
     pub percentage: Option<Percent>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated: exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -466,6 +488,12 @@ fn validate_route(r: &HttpRoute, at: &str) -> Result<(), (String, String)> {
             }
             percent(&a.percentage, format!("{at}.percentage"))?;
         }
+    }
+    if let Some(c) = &r.cors_policy {
+        for (i, o) in c.allow_origins.iter().enumerate() {
+            validate_string_match(o, &format!("{at}.corsPolicy.allowOrigins[{i}]"))?;
+        }
+        duration(&c.max_age, format!("{at}.corsPolicy.maxAge"))?;
     }
     if let Some(m) = &r.mirror {
         validate_destination(m, &format!("{at}.mirror"))?;

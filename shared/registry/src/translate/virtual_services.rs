@@ -45,9 +45,10 @@
 //! - `fault` delay/abort with percentages; `mirror` + `mirrorPercentage`
 //!   and `mirrors`; `rewrite.uri` (replaces the matched prefix, else the
 //!   path) and `rewrite.authority`; `redirect`; `headers` request/response
-//!   set/add/remove.
+//!   set/add/remove; `corsPolicy` with exact origins (or `.*`).
 //! - Refused: `directResponse`, `delegate`, `rewrite.uriRegexRewrite`,
-//!   `corsPolicy`; `tcp`/`tls` sections are ignored; `exportTo` is not applied.
+//!   prefix/regex CORS origins; `tcp`/`tls` sections are ignored;
+//!   `exportTo` is not applied.
 
 use std::sync::Arc;
 
@@ -60,10 +61,10 @@ use super::backends::{BackendRef, BackendResolver, RefProblem, ISTIO_GROUP};
 use super::destination_rules::{resolve_host, CLUSTER_DOMAIN};
 use super::matches::compile_regex;
 use crate::snapshot::{
-    AbortStatus, BackendTarget, Cluster, FaultAbort, FaultDelay, FaultInjection, Filter,
-    HeaderMatch, HeaderModifier, Mirror, ObjectRef, PathMatch, PathModifier, QueryParamMatch,
-    Redirect, RequestMatcher, RetryPolicy, RouteRule, StringMatch as EngineMatch, Timeouts,
-    UrlRewrite, WeightedBackend,
+    AbortStatus, BackendTarget, Cluster, CorsPolicy, FaultAbort, FaultDelay, FaultInjection,
+    Filter, HeaderMatch, HeaderModifier, Mirror, ObjectRef, PathMatch, PathModifier,
+    QueryParamMatch, Redirect, RequestMatcher, RetryPolicy, RouteRule, StringMatch as EngineMatch,
+    Timeouts, UrlRewrite, WeightedBackend,
 };
 
 /// One match of a compiled http route, with the VirtualService-only
@@ -194,7 +195,6 @@ fn compile_http_route(
     for (what, unsupported) in [
         ("directResponse", route.direct_response.is_some()),
         ("delegate", route.delegate.is_some()),
-        ("corsPolicy", route.cors_policy.is_some()),
         (
             "rewrite.uriRegexRewrite",
             route
@@ -273,6 +273,9 @@ fn compile_http_route(
                 ref_problems.push(problem);
             }
         }
+    }
+    if let Some(c) = &route.cors_policy {
+        filters.push(Filter::Cors(Arc::new(cors(c)?)));
     }
     if let Some(f) = &route.fault {
         filters.push(Filter::Fault(Arc::new(fault(f)?)));
@@ -604,6 +607,36 @@ fn fault(f: &mesh_config::virtual_service::HttpFaultInjection) -> Result<FaultIn
         }
     };
     Ok(FaultInjection { delay, abort })
+}
+
+/// Origins as the engine matches them: exact ones, `*` for "any" (`*` or
+/// the regex `.*`); prefix and other regex origins are refused.
+fn cors(c: &mesh_config::virtual_service::CorsPolicy) -> Result<CorsPolicy, String> {
+    let mut allow_origins = c.allow_origin.clone();
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        match (&o.exact, &o.prefix, &o.regex) {
+            (Some(e), None, None) => allow_origins.push(e.clone()),
+            (None, None, Some(r)) if r == ".*" || r == "*" => allow_origins.push("*".into()),
+            _ => return Err(format!(
+                "corsPolicy.allowOrigins[{i}]: only exact origins (or regex \".*\") are supported"
+            )),
+        }
+    }
+    let max_age_seconds = c
+        .max_age
+        .as_deref()
+        .map(parse_istio_duration)
+        .transpose()
+        .map_err(|e| format!("corsPolicy.maxAge: {e}"))?
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    Ok(CorsPolicy {
+        allow_origins,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age_seconds,
+    })
 }
 
 /// Istio's default `retryOn` when `retries` gives none.

@@ -96,6 +96,7 @@ spec:
       response: {set: {x-served: vs}}
   - match: [{uri: {prefix: /old/}, ignoreUriCase: true}, {uri: {prefix: /v1/}}]
     rewrite: {uri: /new/, authority: reviews.internal}
+    corsPolicy: {allowOrigins: [{exact: "https://a.test"}], allowMethods: [GET], maxAge: 24h}
     route: [{destination: {host: reviews}}]
   - match: [{withoutHeaders: {x-test: {exact: "1"}}}]
     route: [{destination: {host: reviews}}]
@@ -230,7 +231,12 @@ fn fault_mirror_headers_and_rewrites_become_filters() {
     let ignore_case = &table.entries[2];
     assert!(ignore_case.matcher.path.matches("/OLD/x"));
     let plain_prefix = &table.entries[3];
-    let Filter::UrlRewrite(rw) = &plain_prefix.rule.filters[0] else {
+    let Filter::Cors(cors) = &plain_prefix.rule.filters[0] else {
+        panic!("{:?}", plain_prefix.rule.filters)
+    };
+    assert_eq!(cors.allow_origins, vec!["https://a.test".to_string()]);
+    assert_eq!(cors.max_age_seconds, Some(86400));
+    let Filter::UrlRewrite(rw) = &plain_prefix.rule.filters[1] else {
         panic!()
     };
     assert_eq!(rw.hostname.as_deref(), Some("reviews.internal"));
