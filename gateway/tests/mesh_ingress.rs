@@ -16,8 +16,8 @@
 //!   subjectAltNames are applied (the backend echoes the SNI it got); a
 //!   rule with the wrong CA fails like any upstream connection (502 without
 //!   retries) with a log line naming the failure; a missing CA file is a
-//!   config error naming the rule; an h2c backend under SIMPLE is refused
-//!   (TLS with ALPN h2 is not done), never sent in plaintext.
+//!   config error naming the rule; an HTTP/2 backend (appProtocol h2c)
+//!   under SIMPLE gets TLS with ALPN h2.
 
 mod support;
 #[path = "../../ztunnel/tests/topology/mod.rs"]
@@ -499,6 +499,63 @@ fn https_backend(cert: &TestCert) -> u16 {
     port
 }
 
+/// An HTTPS backend that speaks HTTP/2 only (ALPN h2; tokio-rustls + h2):
+/// answers every request with `sni=NAME proto=VERSION`.
+fn h2_https_backend(cert: &TestCert) -> u16 {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der.clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_der.clone().into()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                    let Ok(mut conn) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let body = format!("sni={sni} proto={:?}\n", request.version());
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-length", body.len())
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut send) = respond.send_response(head, false) {
+                            let _ = send.send_data(bytes::Bytes::from(body), true);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    port
+}
+
 /// One backend per `(name, port, tls settings, appProtocol)`, routed by `/name`.
 fn tls_config(listener_port: u16, backends: &[(&str, u16, &str, &str)]) -> String {
     let mut out = format!(
@@ -562,7 +619,10 @@ fn simple_tls_to_https_backends() {
     let wrong_ca = cfg.write("other-ca.pem", &other_ca.pem);
     // The CA bundles sit next to the config; only YAML files are config.
     let (good_port, wrong_port) = (https_backend(&backend_cert), https_backend(&backend_cert));
-    let (missing_port, grpc_port) = (https_backend(&backend_cert), https_backend(&backend_cert));
+    let (missing_port, grpc_port) = (
+        https_backend(&backend_cert),
+        h2_https_backend(&backend_cert),
+    );
     let listener = support::free_port();
     let good_tls = format!(
         "{{mode: SIMPLE, caCertificates: {}, sni: backend.example, subjectAltNames: [backend.example]}}",
@@ -626,13 +686,11 @@ fn simple_tls_to_https_backends() {
         status.contains("DestinationRule default/missing"),
         "{status}"
     );
-    // An HTTP/2 (h2c, gRPC) backend under SIMPLE: TLS with ALPN h2 is not
-    // done yet, so it is refused with a log line, never sent in plaintext.
-    let r = support::get(addr, "/grpc").unwrap();
-    assert_eq!(r.status, 502, "{r:?}");
-    support::wait_for("the h2c refusal log line", Duration::from_secs(5), || {
-        gw.logs().lines().any(|l| {
-            l.contains("not supported yet") && l.contains(&format!("127.0.0.1:{grpc_port}"))
-        })
-    });
+    // An HTTP/2 backend (appProtocol h2c, as gRPC services) under SIMPLE:
+    // TLS with ALPN h2, the same CA, SNI and subjectAltNames.
+    for _ in 0..3 {
+        let r = support::get(addr, "/grpc").unwrap();
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.logs());
+        assert_eq!(r.body, "sni=backend.example proto=HTTP/2.0\n");
+    }
 }

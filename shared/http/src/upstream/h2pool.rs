@@ -1,16 +1,19 @@
-//! Per-worker HTTP/2 (h2c, prior knowledge) upstream connections: one
-//! connection per endpoint carries many concurrent streams; a connection the
-//! backend closed (or that failed) is replaced on next use.
+//! Per-worker HTTP/2 upstream connections (h2c with prior knowledge, or TLS
+//! with ALPN h2 under a DestinationRule `tls.mode: SIMPLE`): one connection
+//! per endpoint carries many concurrent streams; a connection the backend
+//! closed (or that failed) is replaced on next use.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use mesh_tls::rustls::pki_types::ServerName;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 
@@ -78,18 +81,16 @@ impl H2Pool {
     }
 
     async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<SendRequest<Bytes>> {
-        // What the worker's connector says about this address: h2c rides
-        // plain TCP only. TLS (DestinationRule SIMPLE) or a refusal must not
-        // turn into plaintext; HBONE (a mesh pod) keeps plain TCP, which the
-        // pod's ztunnel captures.
-        match super::connector::transport_for(addr) {
-            Transport::Tcp | Transport::Hbone { .. } => {}
-            Transport::Tls { .. } => {
-                let reason =
-                    "tls.mode SIMPLE toward an HTTP/2 (h2c, gRPC) backend is not supported yet";
-                tracing::warn!(endpoint = %addr, "upstream connection refused: {reason}");
-                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, reason));
-            }
+        // What the worker's connector says about this address. HBONE (a
+        // mesh pod) keeps plain TCP, which the pod's ztunnel captures; TLS
+        // (DestinationRule SIMPLE) is TLS with ALPN h2; a refusal never
+        // turns into plaintext.
+        let tls = match super::connector::transport_for(addr) {
+            Transport::Tcp | Transport::Hbone { .. } => None,
+            Transport::Tls {
+                config,
+                server_name,
+            } => Some((config, server_name)),
             Transport::Refuse(reason) => {
                 tracing::warn!(endpoint = %addr, "upstream connection refused: {reason}");
                 return Err(io::Error::new(
@@ -97,45 +98,87 @@ impl H2Pool {
                     reason.to_string(),
                 ));
             }
-        }
+        };
         let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
             Ok(r) => r?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         };
         tcp.set_nodelay(true)?;
-        let io = tcp.into_poll_io()?;
-        let mut builder = h2::client::Builder::new();
-        builder
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_LIST)
-            .enable_push(false);
-        let handshake = builder.handshake::<_, Bytes>(io);
-        let (send, conn) = match monoio::time::timeout(timeout, handshake).await {
-            Ok(r) => r.map_err(io::Error::other)?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "HTTP/2 handshake timed out",
-                ))
+        let conn = match tls {
+            None => handshake(addr, tcp.into_poll_io()?, timeout).await?,
+            Some((config, server_name)) => {
+                let stream = monoio::time::timeout(timeout, tls_h2(addr, tcp, config, server_name))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "upstream TLS connect timed out")
+                    })??;
+                handshake(addr, stream, timeout).await?
             }
         };
-        let alive = Rc::new(Cell::new(true));
-        let flag = alive.clone();
-        monoio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, "h2c upstream connection ended: {e}");
-            }
-            flag.set(false);
-        });
-        self.conns.borrow_mut().insert(
-            addr,
-            Conn {
-                send: send.clone(),
-                alive,
-            },
-        );
+        let send = conn.send.clone();
+        self.conns.borrow_mut().insert(addr, conn);
         Ok(send)
     }
+}
+
+/// TLS offering ALPN `h2` only (the rule's settings otherwise); a backend
+/// that does not choose h2 is refused rather than spoken to in HTTP/2 blindly.
+async fn tls_h2(
+    addr: SocketAddr,
+    tcp: TcpStream,
+    config: Arc<mesh_tls::rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+) -> io::Result<mesh_tls::TlsStream> {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = server_name.to_str().into_owned();
+    let stream = match mesh_tls::connect_plain(Arc::new(config), server_name, tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(endpoint = %addr, server_name = %name, "upstream TLS handshake failed: {e}");
+            return Err(e.into());
+        }
+    };
+    if stream.alpn_protocol() != Some(b"h2") {
+        tracing::warn!(endpoint = %addr, server_name = %name, "upstream TLS: the backend did not negotiate ALPN h2");
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the backend did not negotiate ALPN h2",
+        ));
+    }
+    Ok(stream)
+}
+
+/// The HTTP/2 client handshake over `io`, its connection driven by a task
+/// of its own; the handle reports the connection dead once that task ends.
+async fn handshake<T>(addr: SocketAddr, io: T, timeout: Duration) -> io::Result<Conn>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .enable_push(false);
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let (send, conn) = match monoio::time::timeout(timeout, handshake).await {
+        Ok(r) => r.map_err(io::Error::other)?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HTTP/2 handshake timed out",
+            ))
+        }
+    };
+    let alive = Rc::new(Cell::new(true));
+    let flag = alive.clone();
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, "HTTP/2 upstream connection ended: {e}");
+        }
+        flag.set(false);
+    });
+    Ok(Conn { send, alive })
 }
