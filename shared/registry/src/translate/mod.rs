@@ -124,7 +124,7 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Snapshot 
     // VirtualServices bound to served Gateways join their listeners' host groups.
     let virtual_services = virtual_services::compile_all(resources, &mut resolver);
     let mut vs_report = virtual_services_apply::VsReport::default();
-    let vs_ctx = (&virtual_services[..], &mut vs_report);
+    let vs_ctx = (&virtual_services[..], &mut vs_report, resources);
     let ports = build_ports(&gateways, &routes, &grpc_routes, vs_ctx);
     route_statuses.extend(vs_report.statuses(&virtual_services));
     // TLSRoute/TCPRoute: attach, fill the L4 ports' tables, add their status.
@@ -241,9 +241,10 @@ fn build_ports(
     gateways: &[GatewayCtx<'_>],
     routes: &[CompiledRoute<'_>],
     grpc_routes: &[grpc::GrpcCompiledRoute<'_>],
-    (virtual_services, vs_report): (
+    (virtual_services, vs_report, resources): (
         &[virtual_services::CompiledVirtualService<'_>],
         &mut virtual_services_apply::VsReport,
+        &Resources,
     ),
 ) -> BTreeMap<u16, Arc<PortConfig>> {
     let mut sets: BTreeMap<u16, ListenerSet> = BTreeMap::new();
@@ -267,6 +268,7 @@ fn build_ports(
                 &attached_route_names(l, routes, grpc_routes),
                 virtual_services,
                 vs_report,
+                resources,
             );
             let listener = Arc::new(crate::snapshot::Listener {
                 gateway: g.key.clone(),

@@ -7,7 +7,8 @@
 //!   `gateways` is empty or lists `mesh` (Istio ambient);
 //! - in the gateway, on every HTTP/HTTPS listener of a Gateway that
 //!   `gateways` names (`namespace/name`, or `name` in the VirtualService's
-//!   namespace), for the listener hostnames its `hosts` intersect.
+//!   namespace) whose `allowedRoutes.namespaces` admits the VirtualService's
+//!   namespace, for the listener hostnames its `hosts` intersect.
 //!
 //! Order: routes in the order written, first match wins; several
 //! VirtualServices for one host are concatenated oldest first
@@ -617,9 +618,11 @@ fn cors(c: &mesh_config::virtual_service::CorsPolicy) -> Result<CorsPolicy, Stri
         match (&o.exact, &o.prefix, &o.regex) {
             (Some(e), None, None) => allow_origins.push(e.clone()),
             (None, None, Some(r)) if r == ".*" || r == "*" => allow_origins.push("*".into()),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "corsPolicy.allowOrigins[{i}]: only exact origins (or regex \".*\") are supported"
-            )),
+            ))
+            }
         }
     }
     let max_age_seconds = c

@@ -22,6 +22,8 @@ struct Outcome {
     served: usize,
     /// `host: HTTPRoute ns/name[, ...]` for every host an HTTPRoute took.
     overridden: Vec<String>,
+    /// A listener's allowedRoutes.namespaces kept it out.
+    not_allowed: bool,
 }
 
 /// Outcomes by (VirtualService index, proxy), for status.
@@ -52,6 +54,14 @@ impl VsReport {
                 )
             } else if outcome.served == 0 && !outcome.overridden.is_empty() {
                 overridden_condition("Accepted", false, &outcome.overridden, generation)
+            } else if outcome.served == 0 && outcome.not_allowed {
+                condition(
+                    "Accepted",
+                    false,
+                    "NotAllowedByListeners",
+                    "the Gateway's listeners do not allow routes from this namespace",
+                    generation,
+                )
             } else if outcome.served == 0 {
                 condition(
                     "Accepted",
@@ -120,8 +130,9 @@ fn overridden_condition(
 }
 
 /// Adds the VirtualServices bound to `gateway` to the host groups of
-/// listener `l` (HTTP and HTTPS listeners only). `route_names` gives the
-/// HTTPRoutes/GRPCRoutes attached to `l` per host group.
+/// listener `l` (HTTP and HTTPS listeners whose `allowedRoutes.namespaces`
+/// admits the VirtualService's namespace, as for routes). `route_names`
+/// gives the HTTPRoutes/GRPCRoutes attached to `l` per host group.
 pub fn add_to_listener(
     vhosts: &mut VirtualHosts,
     gateway: &ObjectRef,
@@ -129,6 +140,7 @@ pub fn add_to_listener(
     route_names: &HashMap<&HostKey, Vec<String>>,
     vss: &[CompiledVirtualService<'_>],
     report: &mut VsReport,
+    resources: &Resources,
 ) {
     if !l.serves() || !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
         return;
@@ -147,6 +159,10 @@ pub fn add_to_listener(
             .map(|h| HostKey::parse(h))
             .collect();
         let outcome = report.outcome(vi, gateway);
+        if !l.allows_namespace(&gateway.namespace, &vs.key.namespace, resources) {
+            outcome.not_allowed = true;
+            continue;
+        }
         for host in intersect(&l.hostname, &hosts) {
             if let Some(names) = route_names.get(&host) {
                 let shown = host.display().unwrap_or_else(|| "*".into());

@@ -406,3 +406,51 @@ fn the_controller_reports_mesh_virtual_services_per_waypoint() {
     assert!(accepted.message.contains("HTTPRoute shop/reviews-mesh"));
     assert!(statuses(&format!("{BASE}{}", VS.replace("[mesh, edge]", "[edge]"))).is_empty());
 }
+
+#[test]
+fn match_ports_gateways_and_listener_namespaces_are_respected() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: scoped, namespace: shop}
+spec:
+  hosts: [reviews, s.example.com]
+  gateways: [mesh, edge]
+  http:
+  - match: [{uri: {prefix: /other-port}, port: 9999}]
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /mesh-only}, gateways: [mesh]}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+"#;
+    let s = gateway_snapshot(&format!("{BASE}{vs}"));
+    let table = gateway_table(&s, "s.example.com");
+    assert_eq!(
+        table.entries.len(),
+        1,
+        "only the catch-all applies on :8080 of edge"
+    );
+    let s = waypoint_snapshot(&format!("{BASE}{vs}"));
+    let route = s.services.get("10.96.0.1:9080".parse().unwrap()).unwrap();
+    assert_eq!(
+        route.table.entries.len(),
+        2,
+        "the mesh-only route applies in the waypoint"
+    );
+
+    // A VirtualService from a namespace the listener does not admit.
+    let other = vs
+        .replace("namespace: shop}", "namespace: elsewhere}")
+        .replace("[mesh, edge]", "[shop/edge]");
+    let s = gateway_snapshot(&format!("{BASE}{other}"));
+    assert!(s.ports[&8080]
+        .listeners
+        .select("s.example.com")
+        .unwrap()
+        .routes
+        .select("s.example.com")
+        .is_none());
+    let accepted = condition(vs_status(&s, "scoped"), "Accepted");
+    assert_eq!(accepted.reason, "NotAllowedByListeners");
+}
