@@ -6,7 +6,9 @@
 //!   HBONE with its own SPIFFE identity (seen by the destination ztunnels),
 //!   a Service with `istio.io/ingress-use-waypoint` through its waypoint
 //!   (whose HTTPRoute filter shows in the response), a Service bound to a
-//!   missing waypoint fails closed (502, a refused connection), and once
+//!   missing waypoint fails closed (502, a refused connection), a backend
+//!   outside the mesh gets plain TCP unless a DestinationRule asks for
+//!   ISTIO_MUTUAL (then refused), and once
 //!   the config binds it to the existing waypoint (live reload) it is
 //!   served through that waypoint. Needs `target/debug/ztunnel`
 //!   and `target/debug/waypoint` (`cargo build -p ringmesh-ztunnel -p
@@ -168,6 +170,44 @@ addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [10.0.1.3]}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: outside, namespace: apps}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: outside-1, namespace: apps, labels: {kubernetes.io/service-name: outside}}
+addressType: IPv4
+ports: [{name: http, port: 9090}]
+endpoints: [{addresses: [10.0.2.9]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside-mutual, namespace: apps}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: outside-mutual-1, namespace: apps, labels: {kubernetes.io/service-name: outside-mutual}}
+addressType: IPv4
+ports: [{name: http, port: 9091}]
+endpoints: [{addresses: [10.0.2.9]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: outside-mutual, namespace: apps}
+spec:
+  host: outside-mutual
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: ingress, namespace: apps}
@@ -180,6 +220,10 @@ spec:
     backendRefs: [{name: echo-wp, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /lost}}]
     backendRefs: [{name: lost, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /outside-mutual}}]
+    backendRefs: [{name: outside-mutual, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /outside}}]
+    backendRefs: [{name: outside, port: 80}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -296,6 +340,9 @@ fn ingress_into_the_mesh_inside() {
 
     spawn_http_app(&ECHO_1, 8080);
     spawn_http_app(&ECHO_2, 8080);
+    // Not mesh workloads: apps in the (uncaptured) waypoint pod.
+    spawn_http_app(&WAYPOINT_POD, 9090);
+    spawn_http_app(&WAYPOINT_POD, 9091);
     let ztunnel = sibling_bin("ztunnel");
     let z1 = Ztunnel::start(ztunnel.to_str().unwrap(), &config, 1, &ca);
     let z2 = Ztunnel::start(ztunnel.to_str().unwrap(), &config, 2, &ca);
@@ -380,6 +427,15 @@ fn ingress_into_the_mesh_inside() {
     // 3. A Service bound to a waypoint that does not exist: refused like a
     //    failed upstream connection (502), not a bypass to its pods.
     let response = through_gateway("/lost");
+    assert!(response.starts_with("HTTP/1.1 502"), "{response:?}");
+
+    // 3b. Outside the mesh: plain TCP, unless a DestinationRule asks for
+    //     ISTIO_MUTUAL, which only a mesh workload can give (refused).
+    //     (`echo` above carries ISTIO_MUTUAL too: HBONE, as without it.)
+    let response = through_gateway("/outside");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert_eq!(pod_of(&response), "wp", "{response}");
+    let response = through_gateway("/outside-mutual");
     assert!(response.starts_with("HTTP/1.1 502"), "{response:?}");
 
     // 4. Live reload: the Service is bound to the existing waypoint instead.
