@@ -150,6 +150,15 @@ impl Tunnel {
         outcome
     }
 
+    /// [`Tunnel::pipe`] to a TCP socket, with fewer frames and syscalls per connection
+    /// (see [`crate::pipe::pipe_tcp`]).
+    pub async fn pipe_tcp(self, tcp: monoio::net::TcpStream) -> PipeOutcome {
+        let Tunnel { stream, lease } = self;
+        let outcome = stream.pipe_tcp(tcp).await;
+        drop(lease);
+        outcome
+    }
+
     /// Reader and writer halves for socket-style code (copies; see
     /// [`crate::io`]). The stream slot is held until both are dropped.
     pub fn into_io(self) -> (crate::io::TunnelReader, crate::io::TunnelWriter) {

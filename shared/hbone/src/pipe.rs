@@ -17,12 +17,14 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
 
 use crate::stream::H2Stream;
 
@@ -81,12 +83,39 @@ pub async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
     mut read: R,
     mut write: W,
 ) -> PipeOutcome {
+    pipe_with(stream, &mut read, &mut write, None).await
+}
+
+/// [`pipe`] for a TCP socket, cheaper per connection: after a read that did not fill the
+/// buffer, one non-blocking `recv` looks for more bytes or the end, so that a short request
+/// followed by FIN (the usual single-exchange connection) goes out as one DATA frame with
+/// END_STREAM instead of two TLS writes; and the socket is closed once, without the extra
+/// `shutdown(2)` that dropping monoio's owned write half makes.
+pub async fn pipe_tcp(stream: H2Stream, tcp: TcpStream) -> PipeOutcome {
+    let fd = tcp.as_raw_fd();
+    let (mut read, mut write) = tcp.into_split();
+    let outcome = pipe_with(stream, &mut read, &mut write, Some(fd)).await;
+    // The pipe already sent FIN when the tunnel ended its direction (or failed, in which
+    // case closing the socket is the signal): reuniting skips the write half's drop-time
+    // shutdown. The halves come from one `into_split`, so reunite cannot fail.
+    if let Ok(tcp) = read.reunite(write) {
+        drop(tcp);
+    }
+    outcome
+}
+
+async fn pipe_with<R: AsyncReadRent, W: AsyncWriteRent>(
+    stream: H2Stream,
+    read: &mut R,
+    write: &mut W,
+    probe_fd: Option<RawFd>,
+) -> PipeOutcome {
     let (mut send, mut recv) = stream.into_parts();
     let into_tunnel = Cell::new(0u64);
     let out_of_tunnel = Cell::new(0u64);
     let result = try_join(
-        socket_to_stream(&mut read, &mut send, &into_tunnel),
-        stream_to_socket(&mut recv, &mut write, &out_of_tunnel),
+        socket_to_stream(read, &mut send, &into_tunnel, probe_fd),
+        stream_to_socket(&mut recv, write, &out_of_tunnel),
     )
     .await;
     if result.is_err() {
@@ -103,15 +132,28 @@ pub async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
 
 /// Sends all of `data` on `send`, in pieces no larger than the capacity h2
 /// grants, so h2 never buffers more than `max_send_buffer_size` for us.
-pub(crate) async fn send_all(
+pub(crate) async fn send_all(send: &mut SendStream<Bytes>, data: Bytes) -> Result<(), h2::Error> {
+    send_all_then(send, data, false).await
+}
+
+/// [`send_all`], with END_STREAM on the last piece when `end` (no separate empty frame).
+async fn send_all_then(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
+    end: bool,
 ) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return if end {
+            send.send_data(data, true)
+        } else {
+            Ok(())
+        };
+    }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let capacity = wait_capacity(send).await?;
         let chunk = data.split_to(capacity.min(data.len()));
-        send.send_data(chunk, false)?;
+        send.send_data(chunk, end && data.is_empty())?;
     }
     Ok(())
 }
@@ -149,6 +191,7 @@ async fn socket_to_stream<R: AsyncReadRent>(
     read: &mut R,
     send: &mut SendStream<Bytes>,
     count: &Cell<u64>,
+    probe_fd: Option<RawFd>,
 ) -> Result<(), PipeError> {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     loop {
@@ -165,11 +208,43 @@ async fn socket_to_stream<R: AsyncReadRent>(
                 .map_err(PipeError::Stream)?;
             return Ok(());
         }
-        count.set(count.get() + n as u64);
+        // The read did not fill the buffer: the socket was drained, and the peer may
+        // already have closed its side too.
+        let ended = match probe_fd {
+            Some(fd) if buf.len() < buf.capacity() => probe_more(fd, &mut buf),
+            _ => false,
+        };
+        count.set(count.get() + buf.len() as u64);
         // monoio reads into the start of the buffer, so `buf` holds exactly
         // this read; split it off and keep the spare room for the next one.
         let chunk = buf.split().freeze();
-        send_all(send, chunk).await.map_err(PipeError::Stream)?;
+        send_all_then(send, chunk, ended)
+            .await
+            .map_err(PipeError::Stream)?;
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// One non-blocking `recv` into `buf`'s spare room: appends what is already queued on the
+/// socket and says whether the peer has closed its side (EOF right after the bytes). Errors
+/// and "nothing yet" change nothing: the next ordinary read reports or waits for them.
+fn probe_more(fd: RawFd, buf: &mut BytesMut) -> bool {
+    let room = buf.capacity() - buf.len();
+    // SAFETY: recv writes at most `room` bytes into the spare capacity of `buf`, which we
+    // own exclusively here; `set_len` then covers exactly the bytes the kernel wrote.
+    unsafe {
+        let spare = buf.as_mut_ptr().add(buf.len());
+        let got = libc::recv(fd, spare.cast(), room, libc::MSG_DONTWAIT);
+        match got {
+            0 => true,
+            n if n > 0 => {
+                buf.set_len(buf.len() + n as usize);
+                false
+            }
+            _ => false,
+        }
     }
 }
 

@@ -141,6 +141,98 @@ fn half_close_lets_the_server_reply_after_reading_eof() {
     });
 }
 
+#[test]
+fn pipe_tcp_sends_a_short_request_with_its_fin_and_relays_the_reply() {
+    run(async {
+        let reply = spawn_reply_after_eof();
+        let hbone = spawn_hbone_server(new_server(ServerConfig::default()));
+        let pool = Pool::new(ClientConfig::default(), TcpConnector);
+        let (app_listener, app_addr) = listener();
+        let app = TcpStream::connect(app_addr).await.unwrap();
+        let (captured, _) = app_listener.accept().await.unwrap();
+        // Request and FIN are both queued before the pipe reads: the first read gets the
+        // bytes, the probe after it the end.
+        let (mut app_read, mut app_write) = app.into_split();
+        let (res, _) = app_write.write_all(b"hello world".to_vec()).await;
+        res.unwrap();
+        app_write.shutdown().await.unwrap();
+        let tunnel = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), reply))
+            .await
+            .unwrap();
+        let piping = monoio::spawn(tunnel.pipe_tcp(captured));
+        let answer = within("reply", async {
+            let mut answer = Vec::new();
+            loop {
+                let (res, buf) = app_read.read(Vec::with_capacity(4096)).await;
+                if res.unwrap() == 0 {
+                    return answer;
+                }
+                answer.extend_from_slice(&buf);
+            }
+        })
+        .await;
+        assert_eq!(answer, b"got 11 bytes");
+        let outcome = within("pipe end", piping).await;
+        outcome.result.unwrap();
+        assert_eq!(outcome.into_tunnel, 11);
+        assert_eq!(outcome.out_of_tunnel, answer.len() as u64);
+    });
+}
+
+#[test]
+fn pipe_tcp_carries_8_mib_each_way_in_uneven_writes() {
+    run(async {
+        const MIB: usize = 1 << 20;
+        let echo = spawn_echo();
+        let hbone = spawn_hbone_server(new_server(ServerConfig::default()));
+        let pool = Pool::new(ClientConfig::default(), TcpConnector);
+        let (app_listener, app_addr) = listener();
+        let app = TcpStream::connect(app_addr).await.unwrap();
+        let (captured, _) = app_listener.accept().await.unwrap();
+        let tunnel = pool
+            .connect(&TunnelRequest::new(PoolKey::plain(hbone), echo))
+            .await
+            .unwrap();
+        let piping = monoio::spawn(tunnel.pipe_tcp(captured));
+        let (mut app_read, mut app_write) = app.into_split();
+        let writer = monoio::spawn(async move {
+            // Short writes, some with pauses: reads that do not fill the buffer, probes
+            // that find more bytes or nothing.
+            let mut pattern = Pattern::new(0xfeed);
+            let mut sum = Checksum::default();
+            let mut left = 8 * MIB;
+            let mut size = 1;
+            while left > 0 {
+                let n = size.min(left);
+                let chunk = pattern.fill(n);
+                sum.update(&chunk);
+                let (res, _) = app_write.write_all(chunk).await;
+                res.expect("app write");
+                left -= n;
+                size = (size * 7 + 13) % (300 * 1024) + 1;
+                if size % 5 == 0 {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            app_write.shutdown().await.expect("app shutdown(Write)");
+            sum.value()
+        });
+        let received = within("echoed bytes", read_to_end_checksum(&mut app_read)).await;
+        let sent = writer.await;
+        assert_eq!(sent.0, 8 * MIB as u64);
+        assert_eq!(
+            received.value(),
+            sent,
+            "echoed bytes differ from sent bytes"
+        );
+        let outcome = within("client pipe end", piping).await;
+        outcome.result.expect("client pipe ended cleanly");
+        assert_eq!(outcome.into_tunnel, 8 * MIB as u64);
+        assert_eq!(outcome.out_of_tunnel, 8 * MIB as u64);
+    });
+}
+
 /// Opens `streams` tunnels at once and holds them all open; returns
 /// (live connections while all were open, connector calls, opened count).
 async fn concurrent_streams(server_limit: u32, streams: usize) -> (usize, usize, u64) {
