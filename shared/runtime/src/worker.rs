@@ -224,6 +224,11 @@ pub(crate) async fn run<H: ConnectionHandler>(
     state.bound_ports.store(0, Ordering::Relaxed);
     state.all_bound.store(false, Ordering::Release);
     ctx.drain.start();
+    // Let the tasks the signal just woke run first (accept loops of programs that accept on
+    // their own close their listeners then): once this returns the runtime stops polling them,
+    // and a listener left open would take connections nobody serves. A timer, not a yield:
+    // the runtime runs every queued task before it looks at timers again.
+    monoio::time::sleep(Duration::from_millis(1)).await;
     let deadline = shutdown
         .deadline()
         .unwrap_or_else(|| Instant::now() + shutdown.drain_timeout);
