@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh_hbone::{
-    ConnectHandler, ConnectRequest, ConnectionInfo, Refusal, Server, ServerConfig, TunnelOutcome,
+    ConnectHandler, ConnectRequest, ConnectionInfo, H2Stream, PipeOutcome, Refusal, Server,
+    ServerConfig, TunnelOutcome,
 };
 use mesh_registry::workloads::{AuthzDecision, ConnectionAttrs, WorkloadRegistry};
 use monoio::net::TcpStream;
@@ -175,6 +176,15 @@ impl ConnectHandler for Inbound {
                 ))
             }
         }
+    }
+
+    async fn serve_tunnel(
+        &self,
+        _request: &ConnectRequest,
+        tunnel: H2Stream,
+        upstream: TcpStream,
+    ) -> PipeOutcome {
+        tunnel.pipe_tcp(upstream).await
     }
 
     fn finished(&self, request: &ConnectRequest, outcome: &TunnelOutcome) {

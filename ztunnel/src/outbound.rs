@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use mesh_hbone::{PoolKey, TunnelRequest};
 use mesh_registry::workloads::{MeshService, Waypoint, WaypointBinding, Workload};
-use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::copy;
@@ -128,8 +127,7 @@ async fn hbone(
         Ok(tunnel) => {
             let labels = labels(proxy, Some(destination), service, "mutual_tls", "");
             proxy.metrics.opened(&labels);
-            let (read, write) = stream.into_split();
-            let outcome = tunnel.pipe(read, write).await;
+            let outcome = tunnel.pipe_tcp(stream).await;
             proxy
                 .metrics
                 .closed(&labels, outcome.into_tunnel, outcome.out_of_tunnel);
@@ -192,8 +190,7 @@ async fn to_waypoint(
         Ok(tunnel) => {
             let labels = waypoint_labels("");
             proxy.metrics.opened(&labels);
-            let (read, write) = stream.into_split();
-            let outcome = tunnel.pipe(read, write).await;
+            let outcome = tunnel.pipe_tcp(stream).await;
             proxy
                 .metrics
                 .closed(&labels, outcome.into_tunnel, outcome.out_of_tunnel);
@@ -229,7 +226,7 @@ async fn passthrough(
     service: Option<&MeshService>,
     start: Instant,
 ) {
-    match sockets::connect_in(&proxy.netns, proxy.upstream(target, None)).await {
+    match sockets::connect_in(&proxy.sockets, proxy.upstream(target, None)).await {
         Ok(upstream) => {
             let labels = labels(proxy, None, service, "none", "");
             proxy.metrics.opened(&labels);

@@ -16,7 +16,7 @@ use mesh_tls::{HboneTls, Identity, TlsStream};
 
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::netns::NetNs;
-use crate::sockets::{self, Upstream};
+use crate::sockets::{self, PodSockets, Upstream};
 use crate::{inbound, inbound_plaintext, outbound};
 
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -46,7 +46,8 @@ pub struct Shared {
 pub struct PodProxy {
     pub shared: Arc<Shared>,
     pub workload: Arc<Workload>,
-    pub netns: Arc<NetNs>,
+    /// Upstream sockets made ahead in the pod's namespace (this worker's).
+    pub sockets: Rc<PodSockets>,
     pub tls: Arc<HboneTls>,
     pub pool: Pool<PodConnector>,
     pub metrics: Arc<WorkerMetrics>,
@@ -76,7 +77,7 @@ impl PodProxy {
     ) -> io::Result<monoio::net::TcpStream> {
         let up = self.upstream(destination, Some(source));
         if up.transparent_source.is_some() && !self.transparent_failed.get() {
-            match sockets::connect_in(&self.netns, up).await {
+            match sockets::connect_in(&self.sockets, up).await {
                 Ok(s) => return Ok(s),
                 Err(e)
                     if matches!(
@@ -90,7 +91,7 @@ impl PodProxy {
                 Err(e) => return Err(e),
             }
         }
-        sockets::connect_in(&self.netns, self.upstream(destination, None)).await
+        sockets::connect_in(&self.sockets, self.upstream(destination, None)).await
     }
 }
 
@@ -98,7 +99,7 @@ impl PodProxy {
 /// namespace (marked, so capture skips it), then mTLS presenting the pod's
 /// certificate and verifying the destination identity.
 pub struct PodConnector {
-    netns: Arc<NetNs>,
+    sockets: Rc<PodSockets>,
     tls: Arc<HboneTls>,
     uring: bool,
     metrics: Arc<WorkerMetrics>,
@@ -115,7 +116,7 @@ impl Connect for PodConnector {
             .parse()
             .map_err(|e| io::Error::other(format!("bad destination identity: {e}")))?;
         let tcp = sockets::connect_in(
-            &self.netns,
+            &self.sockets,
             Upstream {
                 destination: key.destination,
                 transparent_source: None,
@@ -146,8 +147,9 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
     };
     let metrics = shared.metrics.workers[worker % shared.metrics.workers.len()].clone();
     for pod in &shared.pods {
+        let pod_sockets = Rc::new(PodSockets::new(pod.netns.clone()));
         let connector = PodConnector {
-            netns: pod.netns.clone(),
+            sockets: pod_sockets.clone(),
             tls: pod.tls.clone(),
             uring: shared.uring,
             metrics: metrics.clone(),
@@ -155,7 +157,7 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
         let proxy = Rc::new(PodProxy {
             shared: shared.clone(),
             workload: pod.workload.clone(),
-            netns: pod.netns.clone(),
+            sockets: pod_sockets,
             tls: pod.tls.clone(),
             pool: Pool::new(ClientConfig::default(), connector),
             metrics: metrics.clone(),
@@ -166,7 +168,15 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
         for port in [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT] {
             match sockets::bind_listener(&pod.netns, port, !shared.uring) {
                 Ok(listener) => {
-                    monoio::spawn(accept_loop(listener, port, proxy.clone()));
+                    // On io_uring each accept is one operation: with several in flight, one
+                    // completion round accepts several queued clients, and their first
+                    // frames share one TLS write. The epoll driver wakes one waiter per
+                    // socket, so it keeps one.
+                    let listener = Rc::new(listener);
+                    let accepts = if shared.uring { ACCEPTS_IN_FLIGHT } else { 1 };
+                    for _ in 0..accepts {
+                        monoio::spawn(accept_loop(listener.clone(), port, proxy.clone()));
+                    }
                 }
                 Err(e) => tracing::error!(
                     pod = %pod.workload.uid,
@@ -183,10 +193,13 @@ pub fn start_worker(shared: &Arc<Shared>, worker: usize) {
     }
 }
 
-/// Accepts until shutdown starts, then drops the listener (new connections
-/// are refused) while the connections already accepted finish: each holds a
-/// guard counted in the worker's drain.
-async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<PodProxy>) {
+/// Accept operations kept in flight per listener on io_uring.
+const ACCEPTS_IN_FLIGHT: usize = 4;
+
+/// Accepts until shutdown starts, then (the last of the listener's loops) drops the
+/// listener (new connections are refused) while the connections already accepted finish:
+/// each holds a guard counted in the worker's drain.
+async fn accept_loop(listener: Rc<monoio::net::TcpListener>, port: u16, proxy: Rc<PodProxy>) {
     let drain = proxy.worker.drain().clone();
     loop {
         let accepted = monoio::select! {
@@ -213,6 +226,7 @@ async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<Po
                     }),
                 };
             }
+            Err(_) if drain.is_draining() => break,
             Err(e) => {
                 tracing::warn!(port, error = %e, "accept failed");
                 // E.g. out of file descriptors: do not spin.
@@ -220,6 +234,11 @@ async fn accept_loop(listener: monoio::net::TcpListener, port: u16, proxy: Rc<Po
             }
         }
     }
+    // The other loops of this listener still hold it (their accepts are being cancelled);
+    // the last one stops it.
+    let Some(listener) = Rc::into_inner(listener) else {
+        return;
+    };
     // Dropping the listener is not enough on io_uring: the cancelled accept
     // operation keeps the socket listening until it completes. shutdown(2)
     // on a listening socket stops it at once (new connections are refused).

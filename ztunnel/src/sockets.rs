@@ -4,9 +4,11 @@
 //! source address, SO_ORIGINAL_DST to learn where a redirected connection
 //! was going.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -48,16 +50,67 @@ pub struct Upstream {
     pub uring: bool,
 }
 
-/// Connects from inside `netns` with SO_MARK 0x539.
-pub async fn connect_in(netns: &NetNs, up: Upstream) -> io::Result<monoio::net::TcpStream> {
-    let domain = Domain::for_address(up.destination);
-    let socket = netns.run(|| Socket::new(domain, Type::STREAM, Some(Protocol::TCP)))?;
+/// Sockets made ahead inside one pod's network namespace, for one worker. A socket belongs
+/// to the namespace it was created in, and entering one costs two `setns` calls; so each
+/// visit makes `SOCKET_BATCH` IPv4 sockets (marked, non-blocking, close-on-exec, all set
+/// when created) and connections take them one at a time.
+pub struct PodSockets {
+    netns: Arc<NetNs>,
+    ipv4: RefCell<Vec<Socket>>,
+}
+
+/// Sockets made per visit to a pod's namespace: few enough that idle ones cost little.
+const SOCKET_BATCH: usize = 16;
+
+impl PodSockets {
+    pub fn new(netns: Arc<NetNs>) -> Self {
+        Self {
+            netns,
+            ipv4: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A fresh socket of the pod's namespace, marked SO_MARK 0x539, non-blocking.
+    fn take(&self, domain: Domain) -> io::Result<Socket> {
+        if domain != Domain::IPV4 {
+            return self.netns.run(|| new_upstream_socket(domain));
+        }
+        if let Some(socket) = self.ipv4.borrow_mut().pop() {
+            return Ok(socket);
+        }
+        let mut made = self.netns.run(|| {
+            let mut made = Vec::with_capacity(SOCKET_BATCH);
+            for _ in 0..SOCKET_BATCH {
+                match new_upstream_socket(domain) {
+                    Ok(socket) => made.push(socket),
+                    // E.g. out of file descriptors: use what was made.
+                    Err(e) if made.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok(made)
+        })?;
+        let socket = made.pop().expect("a batch holds at least one socket");
+        *self.ipv4.borrow_mut() = made;
+        Ok(socket)
+    }
+}
+
+/// SOCK_NONBLOCK and SOCK_CLOEXEC in the `socket` call itself (no fcntl), and the mark that
+/// the pod's capture rules skip.
+fn new_upstream_socket(domain: Domain) -> io::Result<Socket> {
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     socket.set_mark(PROXY_MARK)?;
+    Ok(socket)
+}
+
+/// Connects from inside the pod's namespace with SO_MARK 0x539.
+pub async fn connect_in(sockets: &PodSockets, up: Upstream) -> io::Result<monoio::net::TcpStream> {
+    let socket = sockets.take(Domain::for_address(up.destination))?;
     if let Some(source) = up.transparent_source {
         socket.set_ip_transparent_v4(true)?;
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
-    socket.set_nonblocking(true)?;
     match socket.connect(&up.destination.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -74,10 +127,23 @@ pub async fn connect_in(netns: &NetNs, up: Upstream) -> io::Result<monoio::net::
         return Err(e);
     }
     if up.uring {
-        sock.set_nonblocking(false)?;
+        set_blocking(stream.as_raw_fd())?;
     }
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Clears O_NONBLOCK with one `ioctl(FIONBIO)` (socket2's `set_nonblocking` reads the
+/// flags and writes them back: two `fcntl` calls).
+fn set_blocking(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let mut nonblocking: libc::c_int = 0;
+    // SAFETY: FIONBIO reads one c_int from the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONBIO, &mut nonblocking) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Where an iptables-REDIRECTed connection was originally going.
