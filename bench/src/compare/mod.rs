@@ -545,3 +545,41 @@ fn proxy_scenario(args: &Args, proto: Proto) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("compare").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn loadgen_checks_all_three_modes_unless_told() {
+        let a = parse(&["loadgen"]).unwrap();
+        assert_eq!(a.scenario, Scenario::Loadgen);
+        use loadgen_target::Mode;
+        assert_eq!(a.modes, [Mode::Http, Mode::Https, Mode::H2]);
+        let a = parse(&["loadgen", "--modes", "h2,https"]).unwrap();
+        assert_eq!(a.modes, [Mode::H2, Mode::Https]);
+        assert!(parse(&["loadgen", "--modes", "quic"]).is_err());
+    }
+
+    #[test]
+    fn waypoint_latency_takes_a_rate() {
+        let a = parse(&["waypoint-latency"]).unwrap();
+        assert_eq!(a.scenario, Scenario::WaypointLatency);
+        assert_eq!(a.qps, 1000.0);
+        let a = parse(&["waypoint-latency", "--qps", "2500", "--rounds", "3"]).unwrap();
+        assert_eq!((a.qps, a.rounds), (2500.0, 3));
+        assert!(parse(&["waypoint-latency", "--qps", "fast"]).is_err());
+        assert!(parse(&["waypoint-latnecy"]).is_err());
+    }
+}

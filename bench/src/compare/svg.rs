@@ -4,10 +4,12 @@
 use super::report::Summary;
 use std::fmt::Write;
 
-const H: f64 = 450.0;
+/// Height below the panels' top edge (axis labels, legend).
+const BELOW_TOP: f64 = 350.0;
 /// Narrowest panel; wider when there are many bars.
 const MIN_PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 280.0;
+/// The panels' top edge with up to two subtitle lines; each more line moves it down.
 const TOP: f64 = 100.0;
 const COLORS: [&str; 6] = [
     "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2",
@@ -37,6 +39,7 @@ fn nice_max(v: f64) -> f64 {
 
 fn axis(
     out: &mut String,
+    top: f64,
     x0: f64,
     panel_w: f64,
     max: f64,
@@ -46,12 +49,12 @@ fn axis(
     let _ = writeln!(
         out,
         r##"<text x="{x0}" y="{}" font-size="13" fill="#333">{}</text>"##,
-        TOP - 12.0,
+        top - 12.0,
         esc(label)
     );
     for i in 0..=4 {
         let v = max * i as f64 / 4.0;
-        let y = TOP + PANEL_H - PANEL_H * i as f64 / 4.0;
+        let y = top + PANEL_H - PANEL_H * i as f64 / 4.0;
         let _ = writeln!(
             out,
             r##"<line x1="{x0}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{}</text>"##,
@@ -65,6 +68,9 @@ fn axis(
 
 pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String {
     let mut out = String::new();
+    let top = TOP.max(68.0 + 16.0 * subtitle.len() as f64);
+    #[allow(non_snake_case)]
+    let H = top + BELOW_TOP;
     let panel_w = (summaries.len() as f64 * 110.0).max(MIN_PANEL_W);
     #[allow(non_snake_case)]
     let W = 70.0 + panel_w + 90.0 + panel_w + 30.0;
@@ -101,6 +107,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
     let rps_max = nice_max(summaries.iter().map(|s| s.rps).fold(0.0, f64::max));
     axis(
         &mut out,
+        top,
         x0,
         panel_w,
         rps_max,
@@ -112,7 +119,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
         let h = PANEL_H * s.rps / rps_max;
         let x = x0 + slot * i as f64 + slot * 0.15;
         let w = slot * 0.7;
-        let y = TOP + PANEL_H - h;
+        let y = top + PANEL_H - h;
         let _ = writeln!(
             out,
             r##"<rect class="rps" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{}"><title>{} {}: {:.0} req/s</title></rect>"##,
@@ -132,7 +139,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
             out,
             r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"##,
             x + w / 2.0,
-            TOP + PANEL_H + 18.0,
+            top + PANEL_H + 18.0,
             esc(&label(s, summaries))
         );
         if let Some(cpu) = s.proxy_cpu_us_per_request {
@@ -140,7 +147,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
                 out,
                 r##"<text class="cpu" x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#555">{cpu:.1} µs CPU/req</text>"##,
                 x + w / 2.0,
-                TOP + PANEL_H + 33.0,
+                top + PANEL_H + 33.0,
             );
         }
     }
@@ -150,6 +157,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
     let lat_max = nice_max(summaries.iter().map(|s| s.p99_us).fold(0.0, f64::max) / 1000.0);
     axis(
         &mut out,
+        top,
         x1,
         panel_w,
         lat_max,
@@ -166,7 +174,7 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
             let _ = writeln!(
                 out,
                 r##"<rect class="latency" x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{color}"><title>{} {name}: {v_ms:.3} ms</title></rect>"##,
-                TOP + PANEL_H - h,
+                top + PANEL_H - h,
                 bar_w - 1.0,
                 esc(&s.contender)
             );
@@ -175,13 +183,13 @@ pub fn render(title: &str, subtitle: &[String], summaries: &[Summary]) -> String
             out,
             r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"##,
             group_x + slot * 0.4,
-            TOP + PANEL_H + 18.0,
+            top + PANEL_H + 18.0,
             esc(&label(s, summaries))
         );
     }
     for (j, (name, color)) in LATENCY_SHADES.iter().enumerate() {
         let x = x1 + 10.0 + 60.0 * j as f64;
-        let y = TOP + PANEL_H + 40.0;
+        let y = top + PANEL_H + 40.0;
         let _ = writeln!(
             out,
             r##"<rect x="{x}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{y}" font-size="12">{name}</text>"##,
@@ -245,6 +253,25 @@ mod tests {
             svg.contains(&format!(r#"height="{:.1}""#, PANEL_H * 0.65)),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn a_third_subtitle_line_moves_the_panels_down_instead_of_overlapping() {
+        let two = vec!["a".to_string(), "b".to_string()];
+        let svg = render("t", &two, &[summary("nginx", 1000.0)]);
+        assert!(svg.contains(r#"height="450""#), "{svg}");
+        let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let svg = render("t", &three, &[summary("nginx", 1000.0)]);
+        // Third subtitle at y=78; the axis titles 26 px below it.
+        assert!(
+            svg.contains(r##"y="78" font-size="12" fill="#555">c<"##),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r##"y="104" font-size="13" fill="#333">requests/s"##),
+            "{svg}"
+        );
+        assert!(svg.contains(r#"height="466""#), "{svg}");
     }
 
     #[test]

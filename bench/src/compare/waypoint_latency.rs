@@ -398,8 +398,9 @@ fn plot(r: &WaypointReport) -> String {
         .replace('T', " ");
     let subtitle = vec![
         format!(
-            "bars: max rate (closed loop, {} connections); latency: open loop at {} req/s, coordinated-omission corrected",
-            rep.settings["connections"], rep.settings["open_loop_qps"]
+            "bars: max rate (closed loop, {} connections); latency: open loop at {:.0} req/s, coordinated-omission corrected",
+            rep.settings["connections"],
+            rep.settings["open_loop_qps"].as_f64().unwrap_or(0.0)
         ),
         format!(
             "{} rounds x {}s per path and mode, medians; {at} UTC on {} ({} CPUs)",
