@@ -3,7 +3,8 @@
 //! The ztunnel and waypoint binaries belong to other packages: the run is
 //! skipped (with a message) unless they sit next to `bench` (cargo build -p
 //! ringmesh-ztunnel -p ringmesh-waypoint), and where unshare, iptables or
-//! nginx are missing. Nothing here asserts on timing.
+//! nginx are missing or user namespaces are not permitted. Nothing here
+//! asserts on timing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,6 +81,16 @@ fn four_paths_measured_and_the_waypoint_counted_its_requests() {
         .collect();
     if !missing.is_empty() {
         eprintln!("SKIPPED waypoint-latency run: missing {missing:?}");
+        return;
+    }
+    let user_namespaces = Command::new("unshare")
+        .args(["-Urn", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !user_namespaces {
+        eprintln!(
+            "SKIPPED waypoint-latency run: user namespaces (unshare -Urn) not permitted here"
+        );
         return;
     }
     let dir = out_dir("run");
