@@ -4,6 +4,7 @@
 //!   one ztunnel per node, a waypoint, and the gateway in a pod of its own
 //!   (not captured) with `--ca-dir`. The gateway reaches mesh pods over
 //!   HBONE with its own SPIFFE identity (seen by the destination ztunnels),
+//!   HTTP/1.1 and HTTP/2 (an h2c Service) alike,
 //!   a Service with `istio.io/ingress-use-waypoint` through its waypoint
 //!   (whose HTTPRoute filter shows in the response), a Service bound to a
 //!   missing waypoint fails closed (502, a refused connection), a backend
@@ -172,6 +173,18 @@ endpoints: [{addresses: [10.0.1.3]}]
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: echo-h2, namespace: apps}
+spec: {clusterIP: 10.96.0.30, ports: [{name: grpc, port: 80, targetPort: 8081, appProtocol: kubernetes.io/h2c}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-h2-1, namespace: apps, labels: {kubernetes.io/service-name: echo-h2}}
+addressType: IPv4
+ports: [{name: grpc, port: 8081}]
+endpoints: [{addresses: [10.0.2.2]}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: outside, namespace: apps}
 spec: {ports: [{name: http, port: 80}]}
 ---
@@ -220,6 +233,8 @@ spec:
     backendRefs: [{name: echo-wp, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /lost}}]
     backendRefs: [{name: lost, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /h2}}]
+    backendRefs: [{name: echo-h2, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /outside-mutual}}]
     backendRefs: [{name: outside-mutual, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /outside}}]
@@ -258,6 +273,46 @@ fn ingress_into_the_mesh() {
 /// A binary built next to the gateway (same target folder).
 fn sibling_bin(name: &str) -> PathBuf {
     Path::new(GATEWAY).with_file_name(name)
+}
+
+/// An HTTP/2-only app (h2c prior knowledge, tokio + h2) inside `pod`:
+/// answers every request with `pod=NAME proto=VERSION`.
+fn spawn_h2c_app(pod: &'static Pod, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(&pod.netns(), move || {
+        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind h2c app");
+        listener.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let body = format!("pod={} proto={:?}\n", pod.name, request.version());
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-length", body.len())
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut send) = respond.send_response(head, false) {
+                            let _ = send.send_data(bytes::Bytes::from(body), true);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().unwrap();
 }
 
 /// A program inside a pod's network namespace, killed on drop.
@@ -340,6 +395,7 @@ fn ingress_into_the_mesh_inside() {
 
     spawn_http_app(&ECHO_1, 8080);
     spawn_http_app(&ECHO_2, 8080);
+    spawn_h2c_app(&ECHO_2, 8081);
     // Not mesh workloads: apps in the (uncaptured) waypoint pod.
     spawn_http_app(&WAYPOINT_POD, 9090);
     spawn_http_app(&WAYPOINT_POD, 9091);
@@ -395,6 +451,20 @@ fn ingress_into_the_mesh_inside() {
         );
         assert_eq!(inbound_from(z, WAYPOINT_IDENTITY), 0, "no waypoint yet");
     }
+
+    // 1b. An HTTP/2 (h2c, as gRPC) Service in the mesh: HTTP/2 inside an
+    //     HBONE tunnel with the gateway's identity.
+    let before = inbound_from(&z2, GATEWAY_IDENTITY);
+    for _ in 0..3 {
+        let response = through_gateway("/h2");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        assert!(response.contains("pod=echo2 proto=HTTP/2.0"), "{response}");
+    }
+    assert!(
+        inbound_from(&z2, GATEWAY_IDENTITY) > before,
+        "the h2c tunnel came from the gateway's identity: {}",
+        z2.metrics()
+    );
 
     // 2. `istio.io/ingress-use-waypoint`: through the waypoint, whose
     //    HTTPRoute adds a header; the pods then see the waypoint's identity.

@@ -18,12 +18,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_hbone::{ClientConfig, Connect, Pool, PoolKey, TunnelRequest};
+use mesh_hbone::{ClientConfig, Connect, Pool, PoolKey, Tunnel, TunnelRequest};
 use mesh_tls::rustls::pki_types::ServerName;
 use mesh_tls::{HboneTls, Identity, TlsStream};
 use monoio::net::TcpStream;
 
 use super::connect::{connect_tcp, HboneStream, UpstreamStream, HBONE_PORT};
+use super::tunnel_io::PollTunnel;
 use crate::io::Io;
 use crate::tls::TlsIo;
 
@@ -128,6 +129,21 @@ impl UpstreamConnector {
         identity: Arc<str>,
         timeout: Duration,
     ) -> io::Result<Io> {
+        let tunnel = self.open_tunnel(authority, via, identity, timeout).await?;
+        let (reader, writer) = tunnel.into_io();
+        Ok(Io::new(UpstreamStream::Hbone(HboneStream::new(
+            reader, writer,
+        ))))
+    }
+
+    /// A CONNECT stream to `authority` through the HBONE listener at `via`.
+    async fn open_tunnel(
+        &self,
+        authority: SocketAddr,
+        via: SocketAddr,
+        identity: Arc<str>,
+        timeout: Duration,
+    ) -> io::Result<Tunnel> {
         let Some(hbone) = &self.hbone else {
             tracing::warn!(%authority, "upstream needs HBONE, but this proxy has no mesh identity");
             return Err(io::Error::new(
@@ -137,26 +153,20 @@ impl UpstreamConnector {
         };
         let key = PoolKey::new(Some(hbone.source_identity.clone()), Some(identity), via);
         let request = TunnelRequest::new(key, authority);
-        let tunnel = match monoio::time::timeout(timeout, hbone.pool.connect(&request)).await {
-            Ok(Ok(tunnel)) => tunnel,
+        match monoio::time::timeout(timeout, hbone.pool.connect(&request)).await {
+            Ok(Ok(tunnel)) => Ok(tunnel),
             Ok(Err(e)) => {
                 tracing::debug!(%authority, %via, error = %e, "HBONE upstream refused");
-                return Err(io::Error::new(
+                Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     e.to_string(),
-                ));
-            }
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "HBONE connect timed out",
                 ))
             }
-        };
-        let (reader, writer) = tunnel.into_io();
-        Ok(Io::new(UpstreamStream::Hbone(HboneStream::new(
-            reader, writer,
-        ))))
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HBONE connect timed out",
+            )),
+        }
     }
 }
 
@@ -241,6 +251,26 @@ pub(crate) fn transport_for(addr: SocketAddr) -> Transport {
         None => Transport::Tcp,
         Some(connector) => (connector.transport_of)(addr),
     }
+}
+
+/// A CONNECT stream through this worker's HBONE pool, with tokio's I/O
+/// traits (HTTP/2 inside HBONE, for the h2 pool).
+pub(crate) async fn hbone_poll_tunnel(
+    authority: SocketAddr,
+    via: SocketAddr,
+    identity: Arc<str>,
+    timeout: Duration,
+) -> io::Result<PollTunnel> {
+    let Some(connector) = CONNECTOR.with(|c| c.borrow().clone()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "no upstream connector on this worker",
+        ));
+    };
+    let tunnel = connector
+        .open_tunnel(authority, via, identity, timeout)
+        .await?;
+    Ok(PollTunnel::new(tunnel))
 }
 
 /// A new upstream connection to `addr`, the way this worker is set up for.

@@ -1,5 +1,6 @@
-//! Per-worker HTTP/2 upstream connections (h2c with prior knowledge, or TLS
-//! with ALPN h2 under a DestinationRule `tls.mode: SIMPLE`): one connection
+//! Per-worker HTTP/2 upstream connections (h2c with prior knowledge on TCP
+//! or inside an HBONE tunnel to a mesh pod, or TLS with ALPN h2 under a
+//! DestinationRule `tls.mode: SIMPLE`): one connection
 //! per endpoint carries many concurrent streams; a connection the backend
 //! closed (or that failed) is replaced on next use.
 
@@ -81,12 +82,20 @@ impl H2Pool {
     }
 
     async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<SendRequest<Bytes>> {
-        // What the worker's connector says about this address. HBONE (a
-        // mesh pod) keeps plain TCP, which the pod's ztunnel captures; TLS
-        // (DestinationRule SIMPLE) is TLS with ALPN h2; a refusal never
-        // turns into plaintext.
+        // What the worker's connector says about this address: HTTP/2 inside
+        // an HBONE tunnel (a mesh pod, a waypoint), TLS with ALPN h2
+        // (DestinationRule SIMPLE), or h2c on TCP; a refusal never turns
+        // into plaintext.
         let tls = match super::connector::transport_for(addr) {
-            Transport::Tcp | Transport::Hbone { .. } => None,
+            Transport::Tcp => None,
+            Transport::Hbone { via, identity } => {
+                let tunnel =
+                    super::connector::hbone_poll_tunnel(addr, via, identity, timeout).await?;
+                let conn = handshake(addr, tunnel, timeout).await?;
+                let send = conn.send.clone();
+                self.conns.borrow_mut().insert(addr, conn);
+                return Ok(send);
+            }
             Transport::Tls {
                 config,
                 server_name,

@@ -8,3 +8,4 @@ pub(crate) mod head;
 pub mod pick;
 pub mod pool;
 pub mod transport;
+pub mod tunnel_io;
