@@ -1,7 +1,8 @@
 //! Retries toward an h2c (gRPC) backend: a trailers-only `grpc-status` the
 //! route's policy lists (VirtualService `retryOn: unavailable`) is retried
-//! with the request body replayed; a body larger than the kept copy is
-//! never replayed; without a policy nothing is retried.
+//! with the request body replayed, for HTTP/2 and HTTP/1.1 clients; a body
+//! larger than the kept copy is never replayed; without a policy nothing is
+//! retried.
 
 mod common;
 mod h2_support;
@@ -170,4 +171,29 @@ fn without_a_policy_or_beyond_the_kept_copy_nothing_is_replayed() {
     let r = call(&gw, "/echo.Echo/Big", &big);
     assert_eq!(grpc_status(&r), "14", "{:?} {:?}", r.headers, r.trailers);
     assert_eq!(calls.lock().unwrap()["/echo.Echo/Big"].len(), 1);
+}
+
+#[test]
+fn http1_clients_of_an_h2c_backend_are_retried_too() {
+    use std::io::{Read, Write};
+    let calls = Calls::default();
+    let gw = gateway(
+        flaky_grpc_backend(calls.clone()),
+        Some(unavailable_retried()),
+    );
+    let mut s = gw.connect();
+    let payload = "a small unary message";
+    write!(
+        s,
+        "POST /echo.Echo/FromH1 HTTP/1.1\r\nhost: grpc.test\r\ncontent-type: application/grpc\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+        payload.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(payload), "{out}");
+    assert!(out.contains("grpc-status: 0"), "{out}");
+    let seen = calls.lock().unwrap()["/echo.Echo/FromH1"].clone();
+    assert_eq!(seen, vec![payload.as_bytes().to_vec(); 2]);
 }

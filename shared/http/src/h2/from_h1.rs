@@ -57,6 +57,33 @@ pub(crate) async fn forward<S: ClientStream>(
         let text = "request cannot be sent over HTTP/2\n";
         return answer(h, c, &req, &reader, start, 400, &none, text, None).await;
     };
+    if let Some(retry) = rule.retry.as_ref() {
+        // Retries need the body whole: read it when it is small (from_h1_retry.rs).
+        if let Some(body) = super::from_h1_retry::small_body(h, c, &req, &mut reader).await {
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => return body_failure(h, c, e, false).await,
+            };
+            let call = super::from_h1_retry::Call {
+                request,
+                body,
+                retry,
+                rule,
+                cluster,
+                start,
+            };
+            let (response, picked, sent) = match call.run(h, &req, c.peer.ip()).await {
+                Ok(r) => r,
+                Err((status, text)) => {
+                    return answer(h, c, &req, &reader, start, status, &none, text, cl).await
+                }
+            };
+            return reply(
+                h, c, &req, &reader, response, picked, sent, &plan, cluster, start, true,
+            )
+            .await;
+        }
+    }
     let Some(picked) = pick::pick_for_request(h, cluster, &req, c.peer.ip()) else {
         let text = "no healthy upstream\n";
         return answer(h, c, &req, &reader, start, 503, &none, text, cl).await;
@@ -110,19 +137,41 @@ pub(crate) async fn forward<S: ClientStream>(
             return answer(h, c, &req, &reader, start, status, &none, text, cl).await;
         }
     };
+    report(Some(UpstreamResult::Status(response.status().as_u16())));
+    reply(
+        h, c, &req, &reader, response, picked, sent, &plan, cluster, start, body_sent,
+    )
+    .await
+}
+
+/// The backend's response back to the HTTP/1.1 client, decorated and filtered.
+#[allow(clippy::too_many_arguments)]
+async fn reply<S: ClientStream>(
+    h: &HttpHandler,
+    c: &mut Client<S>,
+    req: &RequestHead,
+    reader: &BodyReader,
+    response: http::Response<RecvStream>,
+    picked: policy::Picked,
+    sent: Instant,
+    plan: &Plan<'_>,
+    cluster: &Arc<Cluster>,
+    start: Instant,
+    body_sent: bool,
+) -> Outcome {
+    let cl = Some(&**cluster);
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    report(Some(UpstreamResult::Status(status)));
     let mut headers = super::translate::headers_from_map(&parts.headers);
     policy::decorate_response(&mut headers, sent, picked.set_cookie);
     for m in &plan.response_modifiers {
         header_filter::apply(&mut headers, m);
     }
     if let Some(p) = plan.cors {
-        cors::response_headers(p, &req, &mut headers);
+        cors::response_headers(p, req, &mut headers);
     }
     let keep = body_sent && reader.is_done() && req.keep_alive && !c.drain.is_draining();
-    let copied = respond(c, &req, status, &headers, body, keep).await;
+    let copied = respond(c, req, status, &headers, body, keep).await;
     h.metrics.record_request(status, cl, start.elapsed());
     if copied && keep {
         Outcome::KeepAlive

@@ -19,6 +19,7 @@
 
 mod body;
 pub(crate) mod from_h1;
+mod from_h1_retry;
 pub mod grpc;
 pub mod guard;
 mod handle;
