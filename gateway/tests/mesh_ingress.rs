@@ -19,8 +19,9 @@
 //!   subjectAltNames are applied (the backend echoes the SNI it got); a
 //!   rule with the wrong CA fails like any upstream connection (502 without
 //!   retries) with a log line naming the failure; a missing CA file is a
-//!   config error naming the rule; an HTTP/2 backend (appProtocol h2c)
-//!   under SIMPLE gets TLS with ALPN h2.
+//!   config error naming the rule; a certificate not valid for the
+//!   `subjectAltNames` is refused; `insecureSkipVerify` needs no CA; an
+//!   HTTP/2 backend (appProtocol h2c) under SIMPLE gets TLS with ALPN h2.
 
 mod support;
 #[path = "../../ztunnel/tests/topology/mod.rs"]
@@ -749,6 +750,15 @@ fn simple_tls_to_https_backends() {
         https_backend(&backend_cert),
         h2_https_backend(&backend_cert),
     );
+    let (insecure_port, othername_port) =
+        (https_backend(&backend_cert), https_backend(&backend_cert));
+    // No CA at all, any certificate accepted; the SNI still goes out.
+    let insecure_tls = "{mode: SIMPLE, insecureSkipVerify: true, sni: backend.example}";
+    // The right CA, but the certificate must be valid for another name.
+    let othername_tls = format!(
+        "{{mode: SIMPLE, caCertificates: {}, sni: backend.example, subjectAltNames: [other.example]}}",
+        good_ca.display()
+    );
     let listener = support::free_port();
     let good_tls = format!(
         "{{mode: SIMPLE, caCertificates: {}, sni: backend.example, subjectAltNames: [backend.example]}}",
@@ -768,6 +778,8 @@ fn simple_tls_to_https_backends() {
                 ("wrong", wrong_port, &wrong_tls, "https"),
                 ("missing", missing_port, missing_tls, "https"),
                 ("grpc", grpc_port, &good_tls, "kubernetes.io/h2c"),
+                ("insecure", insecure_port, insecure_tls, "https"),
+                ("othername", othername_port, &othername_tls, "https"),
             ],
         ),
     );
@@ -812,6 +824,22 @@ fn simple_tls_to_https_backends() {
         status.contains("DestinationRule default/missing"),
         "{status}"
     );
+    // insecureSkipVerify: served without any CA.
+    let r = support::get(addr, "/insecure").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "sni=backend.example\n");
+
+    // subjectAltNames that the certificate does not carry: refused, logged.
+    let r = support::get(addr, "/othername").unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    support::wait_for("the name mismatch log line", Duration::from_secs(5), || {
+        gw.logs().lines().any(|l| {
+            l.contains("upstream TLS handshake failed")
+                && l.contains(&format!("127.0.0.1:{othername_port}"))
+                && l.contains("not valid for name \"other.example\"")
+        })
+    });
+
     // An HTTP/2 backend (appProtocol h2c, as gRPC services) under SIMPLE:
     // TLS with ALPN h2, the same CA, SNI and subjectAltNames.
     for _ in 0..3 {
