@@ -4,9 +4,16 @@
 //! controller's config (a weight, a path) changes traffic within a second;
 //! a broken edit changes nothing; a killed controller leaves open and new
 //! connections served; a restarted one resyncs without re-sending anything
-//! (the controller's xDS counters say so).
+//! (the controller's xDS counters say so). HTTPS certificates travel inline
+//! over the TLS channel. With `--node`, the mesh identity comes from the
+//! controller's CA; `connected_ingress_into_the_mesh` checks HBONE into the
+//! mesh with everything connected (the two-node network-namespace topology
+//! of the ztunnel tests, connected ztunnels; skipped without unshare/iptables;
+//! needs `target/debug/ztunnel`).
 
 mod support;
+#[path = "../../ztunnel/tests/topology/mod.rs"]
+mod topology;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -667,4 +674,260 @@ fn with_a_node_the_mesh_identity_comes_from_the_controllers_ca() {
     ] {
         assert!(subscriptions.contains(type_url), "{subscriptions}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Everything connected, in the two-node topology: controller, ztunnels, gateway.
+
+const MESH_GW_POD: topology::Pod = topology::Pod {
+    name: "gw",
+    node: 1,
+    ip: "10.0.1.9",
+    captured: false,
+};
+const MESH_ECHO_1: topology::Pod = topology::Pod {
+    name: "echo1",
+    node: 1,
+    ip: "10.0.1.3",
+    captured: true,
+};
+const MESH_ECHO_2: topology::Pod = topology::Pod {
+    name: "echo2",
+    node: 2,
+    ip: "10.0.2.2",
+    captured: true,
+};
+const MESH_XDS: &str = "192.168.0.1:15010";
+const MESH_GATEWAY_IDENTITY: &str = "spiffe://cluster.local/ns/infra/sa/edge-istio";
+
+const MESH_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: gw, namespace: infra}
+spec: {nodeName: node1, serviceAccountName: edge-istio, containers: []}
+status: {podIP: 10.0.1.9}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo1
+  namespace: apps
+  labels: {app: echo}
+  annotations: {ringmesh.io/netns: /run/netns/zt-echo1}
+spec: {nodeName: node1, serviceAccountName: echo, containers: []}
+status: {podIP: 10.0.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo2
+  namespace: apps
+  labels: {app: echo}
+  annotations: {ringmesh.io/netns: /run/netns/zt-echo2}
+spec: {nodeName: node2, serviceAccountName: echo, containers: []}
+status: {podIP: 10.0.2.2}
+"#;
+
+const MESH_ROUTING: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: ringmesh
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: apps}
+spec: {clusterIP: 10.96.0.10, selector: {app: echo}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: apps, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.1.3]}, {addresses: [10.0.2.2]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ingress, namespace: apps}
+spec:
+  parentRefs: [{name: edge, namespace: infra}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /direct}}], backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ringmesh-node-tokens, namespace: istio-system}
+stringData: {node1: token-of-node1, node2: token-of-node2}
+"#;
+
+#[test]
+fn connected_ingress_into_the_mesh() {
+    if let Some(why) = topology::missing_tools() {
+        eprintln!("SKIPPED connected_ingress_into_the_mesh: {why} (scripts/test.sh installs iproute2/iptables)");
+        return;
+    }
+    let ztunnel = Path::new(GATEWAY).with_file_name("ztunnel");
+    assert!(
+        ztunnel.exists(),
+        "{} is missing: build it first (cargo build -p ringmesh-ztunnel)",
+        ztunnel.display()
+    );
+    controller_bin();
+    topology::run_inside_namespaces("connected_ingress_into_the_mesh_inside");
+}
+
+/// A child killed on drop, so a failing assertion leaves no process behind
+/// (one would hold the test harness's output pipes open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` on the gateway's listener, from inside the gateway's pod.
+fn through_mesh_gateway(path: &'static str) -> Option<String> {
+    topology::in_netns(&MESH_GW_POD.netns(), move || {
+        topology::http_get(SocketAddr::from(([127, 0, 0, 1], 8080)), path)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "runs inside unshare -Urnm, started by connected_ingress_into_the_mesh"]
+fn connected_ingress_into_the_mesh_inside() {
+    if std::env::var_os(topology::INNER_ENV).is_none() {
+        return;
+    }
+    topology::build(&[MESH_GW_POD, MESH_ECHO_1, MESH_ECHO_2]);
+    let dir =
+        std::env::temp_dir().join(format!("ringmesh-gw-connected-mesh-{}", std::process::id()));
+    let config = dir.join("controller");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    std::fs::write(config.join("pods.yaml"), MESH_PODS).unwrap();
+    std::fs::write(config.join("routing.yaml"), MESH_ROUTING).unwrap();
+    let local = dir.join("local.yaml");
+    std::fs::write(&local, MESH_PODS).unwrap();
+    for node in [1, 2] {
+        std::fs::write(
+            dir.join(format!("node{node}.token")),
+            format!("token-of-node{node}\n"),
+        )
+        .unwrap();
+    }
+    topology::apps::spawn_http_app(&MESH_ECHO_1, 8080);
+    topology::apps::spawn_http_app(&MESH_ECHO_2, 8080);
+
+    // The controller in node1's namespace, on the wire address.
+    let _controller = KillOnDrop(
+        Command::new("nsenter")
+            .arg(format!("--net={}", topology::node_netns(1).display()))
+            .arg(controller_bin())
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--xds-addr",
+                MESH_XDS,
+                "--xds-tls-addr",
+                "192.168.0.1:15012",
+            ])
+            .args(["--admin-addr", "127.0.0.1:15014"])
+            .arg("--ca-cert")
+            .arg(dir.join("ca/root-cert.pem"))
+            .arg("--ca-key")
+            .arg(dir.join("ca/ca-key.pem"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the controller"),
+    );
+    let ztunnel_bin = Path::new(GATEWAY).with_file_name("ztunnel");
+    let connected_ztunnel = |node: u8| {
+        topology::Ztunnel::start_with(
+            ztunnel_bin.to_str().unwrap(),
+            &local,
+            node,
+            &dir.join("unused-ca"),
+            &[
+                "--xds".to_string(),
+                MESH_XDS.into(),
+                "--node-token-file".into(),
+                dir.join(format!("node{node}.token")).display().to_string(),
+                "--pod-ip".into(),
+                format!("192.168.0.{node}"),
+            ],
+        )
+    };
+    let z1 = connected_ztunnel(1);
+    let z2 = connected_ztunnel(2);
+
+    // The gateway in its own pod (not captured), everything from the controller.
+    let mut gateway = KillOnDrop(
+        Command::new("nsenter")
+            .arg(format!("--net={}", MESH_GW_POD.netns().display()))
+            .arg(GATEWAY)
+            .args(["--xds", MESH_XDS, "--gateway", "infra/edge"])
+            .args(["--node", "node1", "--node-token-file"])
+            .arg(dir.join("node1.token"))
+            .args(["--workers", "2", "--admin-addr", "127.0.0.1:15000"])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:15020",
+                "--ready-addr",
+                "127.0.0.1:15021",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .spawn()
+            .expect("start the gateway"),
+    );
+
+    let mut pods = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pods.len() < 2 {
+        if let Some(response) = through_mesh_gateway("/direct") {
+            assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+            pods.insert(topology::apps::pod_of(&response).to_string());
+        }
+        assert!(
+            gateway.0.try_wait().unwrap().is_none(),
+            "the gateway exited"
+        );
+        assert!(Instant::now() < deadline, "both pods not reached: {pods:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both destination ztunnels saw the identity the controller's CA gave the gateway.
+    for z in [&z1, &z2] {
+        let inbound = topology::metric_sum(
+            &z.metrics(),
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_principal", MESH_GATEWAY_IDENTITY),
+            ],
+        );
+        assert!(
+            inbound > 0,
+            "node{} inbound from the gateway: {}",
+            z.node,
+            z.metrics()
+        );
+    }
+    assert!(
+        !dir.join("unused-ca/ca-key.pem").exists(),
+        "connected mode must not mint its own CA"
+    );
+    drop((gateway, z1, z2));
+    let _ = std::fs::remove_dir_all(&dir);
 }
