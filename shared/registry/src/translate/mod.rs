@@ -25,6 +25,8 @@ pub mod rate_limits;
 mod routes;
 mod virtual_services;
 mod virtual_services_apply;
+mod virtual_services_match;
+mod virtual_services_policy;
 mod waypoint;
 
 #[cfg(test)]

@@ -53,19 +53,16 @@
 
 use std::sync::Arc;
 
-use mesh_config::virtual_service::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch,
-};
+use mesh_config::virtual_service::{Destination, HttpRoute, HttpRouteDestination};
 use mesh_config::{parse_istio_duration, Object, Resources, VirtualServiceSpec};
 
 use super::backends::{BackendRef, BackendResolver, RefProblem, ISTIO_GROUP};
 use super::destination_rules::{resolve_host, CLUSTER_DOMAIN};
-use super::matches::compile_regex;
+use super::virtual_services_match::compile_match;
+use super::virtual_services_policy::{cors, fault, header_modifier, retry_policy};
 use crate::snapshot::{
-    AbortStatus, BackendTarget, Cluster, CorsPolicy, FaultAbort, FaultDelay, FaultInjection,
-    Filter, HeaderMatch, HeaderModifier, Mirror, ObjectRef, PathMatch, PathModifier,
-    QueryParamMatch, Redirect, RequestMatcher, RetryPolicy, RouteRule, StringMatch as EngineMatch,
-    Timeouts, UrlRewrite, WeightedBackend,
+    BackendTarget, Cluster, Filter, Mirror, ObjectRef, PathMatch, PathModifier, Redirect,
+    RequestMatcher, RouteRule, Timeouts, UrlRewrite, WeightedBackend,
 };
 
 /// One match of a compiled http route, with the VirtualService-only
@@ -123,7 +120,7 @@ impl CompiledVirtualService<'_> {
 }
 
 /// `mesh` stays `mesh`; `name` becomes `namespace/name`.
-fn scopes(gateways: &[String], namespace: &str) -> Vec<String> {
+pub(super) fn scopes(gateways: &[String], namespace: &str) -> Vec<String> {
     gateways
         .iter()
         .map(|g| {
@@ -363,106 +360,6 @@ fn nonzero(d: std::time::Duration) -> Option<std::time::Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-fn compile_match(m: &HttpMatchRequest, namespace: &str) -> Result<VsMatcher, String> {
-    for (what, unsupported) in [
-        ("withoutHeaders", !m.without_headers.is_empty()),
-        ("sourceLabels", !m.source_labels.is_empty()),
-        ("sourceNamespace", m.source_namespace.is_some()),
-        ("scheme", m.scheme.is_some()),
-    ] {
-        if unsupported {
-            return Err(format!("{what} is not supported"));
-        }
-    }
-    let ignore_case = m.ignore_uri_case == Some(true);
-    let path = match &m.uri {
-        None => PathMatch::StringPrefix("/".into()),
-        Some(StringMatch { exact: Some(e), .. }) if ignore_case => {
-            PathMatch::Regex(case_insensitive(&regex::escape(e))?)
-        }
-        Some(StringMatch { exact: Some(e), .. }) => PathMatch::Exact(e.clone()),
-        Some(StringMatch {
-            prefix: Some(p), ..
-        }) if ignore_case => {
-            PathMatch::Regex(case_insensitive(&format!("{}.*", regex::escape(p)))?)
-        }
-        Some(StringMatch {
-            prefix: Some(p), ..
-        }) => PathMatch::StringPrefix(p.clone()),
-        Some(StringMatch { regex: Some(r), .. }) => {
-            PathMatch::Regex(compile_regex(r).map_err(|e| format!("uri: {e}"))?)
-        }
-        Some(_) => return Err("uri: exactly one of exact, prefix, regex is required".into()),
-    };
-    let method = match &m.method {
-        None => None,
-        Some(StringMatch { exact: Some(e), .. }) => Some(e.to_ascii_uppercase()),
-        Some(_) => return Err("method: only exact is supported".into()),
-    };
-    let mut headers = Vec::new();
-    if let Some(authority) = &m.authority {
-        headers.push(HeaderMatch {
-            name: ":authority".into(),
-            value: string_match(authority).map_err(|e| format!("authority: {e}"))?,
-        });
-    }
-    for (name, sm) in &m.headers {
-        headers.push(HeaderMatch {
-            name: name.to_ascii_lowercase(),
-            value: string_match(sm).map_err(|e| format!("headers.{name}: {e}"))?,
-        });
-    }
-    let mut query_params = Vec::new();
-    for (name, sm) in &m.query_params {
-        query_params.push(QueryParamMatch {
-            name: name.clone(),
-            value: string_match(sm).map_err(|e| format!("queryParams.{name}: {e}"))?,
-        });
-    }
-    Ok(VsMatcher {
-        matcher: RequestMatcher {
-            path,
-            method,
-            headers,
-            query_params,
-        },
-        port: m.port.and_then(|p| u16::try_from(p).ok()),
-        gateways: scopes(&m.gateways, namespace),
-    })
-}
-
-fn case_insensitive(pattern: &str) -> Result<regex::Regex, String> {
-    compile_regex(&format!("(?is:{pattern})")).map_err(|e| format!("uri: {e}"))
-}
-
-fn string_match(sm: &StringMatch) -> Result<EngineMatch, String> {
-    match (&sm.exact, &sm.prefix, &sm.regex) {
-        (Some(e), None, None) => Ok(EngineMatch::Exact(e.clone())),
-        (None, Some(p), None) => Ok(EngineMatch::Regex(compile_regex(&format!(
-            "(?s:{}.*)",
-            regex::escape(p)
-        ))?)),
-        (None, None, Some(r)) => Ok(EngineMatch::Regex(compile_regex(r)?)),
-        _ => Err("exactly one of exact, prefix, regex is required".into()),
-    }
-}
-
-fn header_modifier(ops: &HeaderOperations) -> HeaderModifier {
-    HeaderModifier {
-        set: ops
-            .set
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        add: ops
-            .add
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        remove: ops.remove.iter().map(|k| k.to_ascii_lowercase()).collect(),
-    }
-}
-
 fn backend(
     ctx: &Ctx<'_>,
     d: &HttpRouteDestination,
@@ -569,137 +466,6 @@ fn service_of_host(host: &str, resources: &Resources) -> Option<(String, String)
     }
     let key = (namespace.to_string(), name.to_string());
     resources.services.contains_key(&key).then_some(key)
-}
-
-fn fault(f: &mesh_config::virtual_service::HttpFaultInjection) -> Result<FaultInjection, String> {
-    let delay = match &f.delay {
-        None => None,
-        Some(d) => {
-            let text = d
-                .fixed_delay
-                .as_deref()
-                .ok_or("fault.delay.fixedDelay: required")?;
-            let duration =
-                parse_istio_duration(text).map_err(|e| format!("fault.delay.fixedDelay: {e}"))?;
-            let percent = d
-                .percentage
-                .as_ref()
-                .map(|p| p.value)
-                .or(d.percent.map(f64::from))
-                .unwrap_or(100.0);
-            Some(FaultDelay { duration, percent })
-        }
-    };
-    let abort = match &f.abort {
-        None => None,
-        Some(a) => {
-            let status = match (&a.http_status, &a.grpc_status) {
-                (Some(s), _) => AbortStatus::Http(
-                    u16::try_from(*s).map_err(|_| format!("fault.abort.httpStatus: {s}"))?,
-                ),
-                (None, Some(g)) => AbortStatus::Grpc(
-                    mesh_config::virtual_service::grpc_status_code(g)
-                        .map_err(|e| format!("fault.abort.grpcStatus: {e}"))?,
-                ),
-                (None, None) => return Err("fault.abort: httpStatus or grpcStatus required".into()),
-            };
-            let percent = a.percentage.as_ref().map_or(100.0, |p| p.value);
-            Some(FaultAbort { status, percent })
-        }
-    };
-    Ok(FaultInjection { delay, abort })
-}
-
-/// Origins as the engine matches them: exact ones, `*` for "any" (`*` or
-/// the regex `.*`); prefix and other regex origins are refused.
-fn cors(c: &mesh_config::virtual_service::CorsPolicy) -> Result<CorsPolicy, String> {
-    let mut allow_origins = c.allow_origin.clone();
-    for (i, o) in c.allow_origins.iter().enumerate() {
-        match (&o.exact, &o.prefix, &o.regex) {
-            (Some(e), None, None) => allow_origins.push(e.clone()),
-            (None, None, Some(r)) if r == ".*" || r == "*" => allow_origins.push("*".into()),
-            _ => {
-                return Err(format!(
-                "corsPolicy.allowOrigins[{i}]: only exact origins (or regex \".*\") are supported"
-            ))
-            }
-        }
-    }
-    let max_age_seconds = c
-        .max_age
-        .as_deref()
-        .map(parse_istio_duration)
-        .transpose()
-        .map_err(|e| format!("corsPolicy.maxAge: {e}"))?
-        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
-    Ok(CorsPolicy {
-        allow_origins,
-        allow_credentials: c.allow_credentials.unwrap_or(false),
-        allow_methods: c.allow_methods.clone(),
-        allow_headers: c.allow_headers.clone(),
-        expose_headers: c.expose_headers.clone(),
-        max_age_seconds,
-    })
-}
-
-/// Istio's default `retryOn` when `retries` gives none.
-const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,503";
-
-fn retry_policy(
-    r: &mesh_config::virtual_service::HttpRetry,
-) -> Result<Option<RetryPolicy>, String> {
-    let attempts = u32::try_from(r.attempts.unwrap_or(2))
-        .map_err(|_| "retries.attempts: must not be negative".to_string())?;
-    if attempts == 0 {
-        return Ok(None);
-    }
-    let mut p = RetryPolicy {
-        attempts,
-        backoff: r
-            .backoff
-            .as_deref()
-            .map(parse_istio_duration)
-            .transpose()
-            .map_err(|e| format!("retries.backoff: {e}"))?,
-        ..Default::default()
-    };
-    let retry_on = r.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON);
-    for cond in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        match cond {
-            "5xx" => {
-                p.codes.extend(500..=599);
-                p.on_connect_failure = true;
-                p.on_reset = true;
-            }
-            "gateway-error" => {
-                p.codes.extend([502, 503, 504]);
-                p.on_connect_failure = true;
-                p.on_reset = true;
-            }
-            "connect-failure" => p.on_connect_failure = true,
-            "reset" => {
-                p.on_reset = true;
-                p.on_connect_failure = true;
-            }
-            "retriable-4xx" => p.codes.push(409),
-            // Not told apart from other resets; and codes listed in retryOn are the retriable ones.
-            "refused-stream" | "retriable-status-codes" => {}
-            "cancelled" => p.grpc_codes.push(1),
-            "deadline-exceeded" => p.grpc_codes.push(4),
-            "resource-exhausted" => p.grpc_codes.push(8),
-            "internal" => p.grpc_codes.push(13),
-            "unavailable" => p.grpc_codes.push(14),
-            other => match other.parse::<u16>() {
-                Ok(code) if (100..=599).contains(&code) => p.codes.push(code),
-                _ => return Err(format!("retries.retryOn: unknown condition {other:?}")),
-            },
-        }
-    }
-    p.codes.sort_unstable();
-    p.codes.dedup();
-    p.grpc_codes.sort_unstable();
-    p.grpc_codes.dedup();
-    Ok(Some(p))
 }
 
 #[cfg(test)]
