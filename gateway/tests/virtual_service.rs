@@ -304,7 +304,7 @@ fn fault_delay_holds_the_request_before_the_upstream_call() {
     );
     let vs = virtual_service(
         "  - match: [{uri: {exact: /slow}}]
-    fault: {delay: {fixedDelay: 1500ms, percentage: {value: 100}}}
+    fault: {delay: {fixedDelay: 2500ms, percentage: {value: 100}}}
     route: [{destination: {host: app}}]
   - route: [{destination: {host: app}}]
 ",
@@ -321,7 +321,7 @@ fn fault_delay_holds_the_request_before_the_upstream_call() {
     assert_eq!(fast.status, 200, "{fast:?}\n{}", gw.logs());
     let (slow, took) = slow.join().unwrap();
     assert_eq!(slow.status, 200, "{slow:?}");
-    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
     assert_eq!(
         *seen.lock().unwrap(),
         vec!["/fast".to_string(), "/slow".to_string()],
