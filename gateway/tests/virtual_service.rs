@@ -437,3 +437,40 @@ endpoints: [{{addresses: [\"{}\"]}}]
         "{accepted}"
     );
 }
+
+#[test]
+fn an_edited_virtual_service_is_served_live_and_a_broken_one_is_named() {
+    let (ips, backend_port) = backends(2, always_ok());
+    let port = free_port();
+    let cfg = TempConfig::new();
+    let to = |subset: &str| {
+        virtual_service(&format!(
+            "  - route: [{{destination: {{host: app, subset: {subset}}}}}]\n"
+        ))
+    };
+    cfg.write("base.yaml", &config(port, &ips, backend_port, ""));
+    cfg.write("vs.yaml", &to("v1"));
+    let gw = Gateway::with_config(cfg.path()).start();
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    let body = || request(listener, "GET", "/", "app.test").unwrap().body;
+    assert_eq!(body(), ips[0], "{}", gw.logs());
+
+    let before = gw.version();
+    cfg.write("vs.yaml", &to("v2"));
+    gw.wait_version_above(before);
+    for _ in 0..5 {
+        assert_eq!(body(), ips[1]);
+    }
+
+    let before = gw.version();
+    cfg.write("vs.yaml", &to("v2").replace("route:", "rout:"));
+    gw.wait_version_above(before);
+    let status = support::get(gw.admin, "/status").unwrap().json();
+    let named = status["config_errors"].as_array().unwrap().iter().any(|e| {
+        let e = e.as_str().unwrap();
+        e.contains("vs.yaml")
+            && e.contains("VirtualService default/app")
+            && e.contains("spec.http[0]")
+    });
+    assert!(named, "{status}");
+}
