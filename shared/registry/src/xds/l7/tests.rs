@@ -247,6 +247,15 @@ const REQUESTS: &[Req] = &[
     get(443, "s.example.com", "/elsewhere"),
     get(443, "z.example.com", "/old/x"),
     get(443, "other.org", "/"),
+    get(80, "vs.example.org", "/fault"),
+    Req {
+        port: 80,
+        host: "vs.example.org",
+        method: "GET",
+        path: "/vx",
+        headers: &[("x-tier", "gold")],
+    },
+    get(80, "vs.example.org", "/vx"),
 ];
 
 #[test]
@@ -261,7 +270,7 @@ fn the_round_trip_keeps_every_routing_decision() {
         served += usize::from(a != "404");
     }
     // The set is not vacuous: most requests route somewhere, some do not.
-    assert!(served >= 11, "{served}");
+    assert!(served >= 13, "{served}");
     assert_eq!(decision(&via, &get(81, "a.example.com", "/")), "404");
     // L4: the same route for SNIs on the passthrough port and for TCP.
     for (port, sni) in [
@@ -380,6 +389,40 @@ fn golden_fields() {
         limit.key,
         Some(pb::rate_limit::Key::Header("x-api-key".into()))
     );
+
+    // VirtualService routes: plain string prefixes, fault injection, gRPC retry codes.
+    let string_prefixes = proxy
+        .listeners
+        .iter()
+        .flat_map(|l| &l.virtual_hosts)
+        .flat_map(|h| &h.entries)
+        .filter_map(|e| e.r#match.as_ref()?.path.as_ref())
+        .filter(|p| p.kind == pb::path_match::Kind::StringPrefix as i32)
+        .count();
+    assert!(string_prefixes >= 2, "{string_prefixes}");
+    let vs: Vec<&pb::RouteRule> = proxy
+        .rules
+        .iter()
+        .filter(|r| r.route == "infra/vs")
+        .collect();
+    let fault = vs
+        .iter()
+        .flat_map(|r| &r.filters)
+        .find_map(|f| match &f.kind {
+            Some(pb::filter::Kind::Fault(fault)) => Some(fault),
+            _ => None,
+        })
+        .expect("a fault filter");
+    assert_eq!(
+        fault.abort.as_ref().unwrap().status,
+        Some(pb::fault_abort::Status::GrpcStatus(14))
+    );
+    let retry = vs
+        .iter()
+        .find_map(|r| r.retry.as_ref())
+        .expect("a retry policy");
+    assert_eq!(retry.retry_on_grpc_status, vec![14]);
+    assert!(retry.on_connect_failure);
 
     // The encoded bytes: Proxy.name (field 1, length-delimited) = "gw",
     // Proxy.namespace (field 2) = "infra", first on the wire.
