@@ -43,12 +43,11 @@ pub(super) fn path_modifier(p: &pb::PathModifier) -> Result<PathModifier, String
     }
 }
 
-/// Regexes arrive anchored (`^(?:...)$`) as translation compiled them.
+/// Regexes arrive anchored (`^(?:...)$`) as translation compiled them, and
+/// are compiled with the same (default) limits, so whatever a standalone
+/// gateway accepts a connected one accepts too.
 pub(super) fn regex(text: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(text)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| format!("regex {text:?}: {e}"))
+    regex::Regex::new(text).map_err(|e| format!("regex {text:?}: {e}"))
 }
 
 pub(super) fn string_match(kind: i32, value: &str) -> Result<StringMatch, String> {
