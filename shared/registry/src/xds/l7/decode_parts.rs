@@ -1,5 +1,5 @@
-//! Proxy → snapshot, the small pieces: request matchers (regexes compiled
-//! with a size limit), header and path modifiers, optional values.
+//! Proxy → snapshot, the small pieces: request matchers, header and path
+//! modifiers, optional values.
 
 use mesh_api::ringmesh::l7::v1 as pb;
 
