@@ -279,7 +279,13 @@ impl Encoder<'_> {
                 UpstreamProtocol::H2c => pb::BackendProtocol::Http2,
             } as i32,
             service: c.service.to_string(),
-            policy: policy::cluster_policy(&c.policy),
+            policy: policy::cluster_policy(&c.policy).map(|mut p| {
+                if let Some(tls) = p.tls.as_mut() {
+                    tls.ca_certificates =
+                        policy::ca_certificates(self.resources, c).unwrap_or_default();
+                }
+                p
+            }),
             subsets,
         };
         c.name.clone()

@@ -9,6 +9,10 @@ use mesh_api::ringmesh::l7::v1 as pb;
 use mesh_balance::{HashKey, LbAlgorithm, LbConfig, OutlierConfig, PoolLimits};
 use mesh_limits::{LimitKey, RateLimitConfig, TokenBucketConfig};
 
+use crate::translate::destination_rules::upstream_tls::upstream_tls;
+
+use mesh_config::Resources;
+
 use crate::snapshot::{
     AbortStatus, Cluster, ClusterPolicy, FaultAbort, FaultDelay, FaultInjection, ObjectRef,
     UpstreamTlsPolicy,
@@ -106,6 +110,8 @@ pub fn cluster_policy(p: &ClusterPolicy) -> Option<pb::ClusterPolicy> {
             insecure_skip_verify: t.insecure_skip_verify,
             server_name: t.server_name.clone().unwrap_or_default(),
             error: t.error.clone().unwrap_or_default(),
+            // Filled by the encoder, which has the DestinationRule.
+            ca_certificates: String::new(),
         }),
     })
 }
@@ -224,34 +230,79 @@ pub fn cluster_policy_of(
             })
         }
     };
+    let tls = p.tls.as_ref().map(|t| upstream_tls_of(t, rule.as_ref()));
     Ok(ClusterPolicy {
         rule,
         load_balancer: p.load_balancer.as_ref().map(load_balancer_of).transpose()?,
         connection_pool,
         outlier_detection,
-        tls: p.tls.as_ref().map(upstream_tls_of),
+        tls,
         subsets,
         counters: Default::default(),
     })
 }
 
-/// SIMPLE's client settings (roots from `caCertificates`, a file on the
-/// proxy's host) are built by translation and not carried yet: such a
-/// backend fails closed with an error saying so, never in plaintext.
-fn upstream_tls_of(t: &pb::UpstreamTls) -> UpstreamTlsPolicy {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let error = non_empty(&t.error).or_else(|| {
-        (t.mode == "SIMPLE").then(|| {
-            "tls.mode SIMPLE toward backends is not carried to connected gateways yet".to_string()
-        })
+/// The `caCertificates` of the DestinationRule `tls` block that applies to
+/// `cluster` (a subset's policy, then the rule's; port-level settings
+/// first), as translation resolves it.
+pub fn ca_certificates(resources: &Resources, cluster: &Cluster) -> Option<String> {
+    let rule = cluster.policy.rule.as_ref()?;
+    let dr = resources
+        .destination_rules
+        .get(&(rule.namespace.clone(), rule.name.clone()))?;
+    // Subset clusters are named `BASE|SUBSET` by translation.
+    let subset = cluster.name.rsplit_once('|').and_then(|(_, name)| {
+        dr.spec
+            .subsets
+            .iter()
+            .find(|s| s.name == name)?
+            .traffic_policy
+            .as_ref()
     });
+    let port = u32::from(cluster.port);
+    [subset, dr.spec.traffic_policy.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|p| {
+            p.port_level_settings
+                .iter()
+                .find(|pl| pl.port.as_ref().is_some_and(|s| s.number == port))
+                .and_then(|pl| pl.tls.as_ref())
+                .or(p.tls.as_ref())
+        })?
+        .ca_certificates
+        .clone()
+}
+
+/// SIMPLE's client settings are rebuilt here as translation builds them,
+/// reading `ca_certificates` on this host (as Istio's proxies do): a CA
+/// file that cannot be read is an `error` and connections fail closed.
+fn upstream_tls_of(t: &pb::UpstreamTls, rule: Option<&ObjectRef>) -> UpstreamTlsPolicy {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    if t.mode == "SIMPLE" && t.error.is_empty() {
+        if let Some(rule) = rule {
+            let settings = mesh_config::ClientTlsSettings {
+                mode: Some(mesh_config::TlsMode::Simple),
+                ca_certificates: non_empty(&t.ca_certificates),
+                subject_alt_names: t.subject_alt_names.clone(),
+                sni: non_empty(&t.sni),
+                insecure_skip_verify: Some(t.insecure_skip_verify),
+                ..Default::default()
+            };
+            // Without `sni`, translation sends (and verifies) the rule's host,
+            // which arrives as `server_name`.
+            return upstream_tls(&settings, &t.server_name, rule);
+        }
+    }
     UpstreamTlsPolicy {
         mode: t.mode.clone(),
         sni: non_empty(&t.sni),
         subject_alt_names: t.subject_alt_names.clone(),
         insecure_skip_verify: t.insecure_skip_verify,
         server_name: non_empty(&t.server_name),
-        error,
+        error: non_empty(&t.error).or_else(|| {
+            (t.mode == "SIMPLE").then(|| "tls.mode SIMPLE without a DestinationRule".to_string())
+        }),
         ..Default::default()
     }
 }

@@ -34,16 +34,30 @@ const CONFIG: &str = include_str!("tests_fixture.yaml");
 
 struct Fixture {
     loaded: mesh_config::Loaded,
+    ca_file: std::path::PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
 }
 
 impl Fixture {
     fn new() -> Self {
-        let mut yaml = CONFIG.to_string();
+        // The CA bundle subset v2's DestinationRule `tls` names (SIMPLE).
+        // One file per fixture: tests run in parallel.
+        static FIXTURES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FIXTURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ca_file =
+            std::env::temp_dir().join(format!("ringmesh-l7-ca-{}-{n}.pem", std::process::id()));
+        std::fs::write(&ca_file, cert(&["ca.example.com"]).0).unwrap();
+        let mut yaml = CONFIG.replace("@CA_FILE@", &ca_file.display().to_string());
         yaml += &secret("cert-s", &cert(&["s.example.com"]));
         yaml += &secret("cert-wild", &cert(&["*.example.com"]));
         let loaded = mesh_config::load_strs(&[(Path::new("t.yaml"), &yaml)]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        Fixture { loaded }
+        Fixture { loaded, ca_file }
     }
 
     fn direct(&self, gateway: &ObjectRef) -> Snapshot {
@@ -545,23 +559,42 @@ fn faults_survive_the_round_trip() {
 }
 
 #[test]
-fn simple_upstream_tls_fails_closed_in_connected_mode() {
+fn simple_upstream_tls_is_rebuilt_from_the_ca_file_on_the_gateway() {
     let f = Fixture::new();
+    let subset_v2 = |s: &Snapshot| {
+        let rule = pick(s, &get(80, "other.org", "/")).unwrap().1;
+        let BackendTarget::Cluster(c) = &rule.backends[0].target else {
+            panic!("a cluster")
+        };
+        c.policy.subsets["v2"].policy.tls.clone().unwrap()
+    };
+    let direct = subset_v2(&f.direct(&gw()));
+    assert!(
+        direct.client_config.is_some() && direct.error.is_none(),
+        "{direct:?}"
+    );
+    let via = subset_v2(&f.via_proxy(&gw()));
+    assert!(via.client_config.is_some(), "{via:?}");
+    assert_eq!(via.server_name.as_deref(), Some("v2.example.com"));
+
+    // A CA file the gateway's host does not have: the backend fails closed.
     let mut proxy = f.proxy(&gw());
-    let web = proxy
+    for b in proxy
         .backends
         .iter_mut()
-        .find(|b| b.name.starts_with("infra/web"))
-        .unwrap();
-    web.policy.as_mut().unwrap().tls.as_mut().unwrap().mode = "SIMPLE".into();
-    let name = web.name.clone();
-    let snapshot = snapshot_of(&proxy).unwrap();
-    let rule = pick(&snapshot, &get(80, "other.org", "/")).unwrap().1;
-    let BackendTarget::Cluster(c) = &rule.backends[0].target else {
-        panic!("a cluster")
-    };
-    assert_eq!(c.name, name);
-    let tls = c.policy.tls.as_ref().unwrap();
+        .filter(|b| b.name.ends_with("|v2"))
+    {
+        let tls = b.policy.as_mut().unwrap().tls.as_mut().unwrap();
+        assert!(tls.ca_certificates.ends_with(".pem"), "{tls:?}");
+        tls.ca_certificates = "/nonexistent/ca.pem".into();
+    }
+    let tls = subset_v2(&snapshot_of(&proxy).unwrap());
     assert!(tls.client_config.is_none());
-    assert!(tls.error.as_deref().unwrap().contains("SIMPLE"), "{tls:?}");
+    assert!(
+        tls.error
+            .as_deref()
+            .unwrap()
+            .contains("/nonexistent/ca.pem"),
+        "{tls:?}"
+    );
 }
