@@ -17,7 +17,8 @@
 //! The HTTP/1.1 pool is keyed by address, so the transport must be a
 //! function of the address too: the clusters' TLS settings are indexed by
 //! endpoint once per snapshot and worker; an address in two clusters with
-//! different settings keeps the first (clusters in route order).
+//! different settings (one with a rule's `tls`, one without included) takes
+//! the first cluster's, in route order.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -196,15 +197,43 @@ impl TlsIndex {
     }
 
     fn add_cluster(&mut self, cluster: &Arc<Cluster>) {
-        if cluster.policy.tls.is_some() {
-            for ep in &cluster.endpoints {
-                self.0.entry(*ep).or_insert_with(|| cluster.clone());
+        for ep in &cluster.endpoints {
+            match self.0.get(ep) {
+                None => {
+                    self.0.insert(*ep, cluster.clone());
+                }
+                Some(first)
+                    if !same_tls(first.policy.tls.as_ref(), cluster.policy.tls.as_ref()) =>
+                {
+                    tracing::debug!(
+                        endpoint = %ep,
+                        kept = %first.name,
+                        ignored = %cluster.name,
+                        "an endpoint of two clusters with different DestinationRule tls: the first cluster's applies"
+                    );
+                }
+                Some(_) => {}
             }
         }
         for subset in cluster.policy.subsets.values() {
             self.add_cluster(subset);
         }
     }
+}
+
+fn same_tls(a: Option<&UpstreamTlsPolicy>, b: Option<&UpstreamTlsPolicy>) -> bool {
+    let key = |p: Option<&UpstreamTlsPolicy>| {
+        p.map(|p| {
+            (
+                p.mode.clone(),
+                p.server_name.clone(),
+                p.subject_alt_names.clone(),
+                p.insecure_skip_verify,
+                p.error.clone(),
+            )
+        })
+    };
+    key(a) == key(b)
 }
 
 #[cfg(test)]
@@ -296,6 +325,69 @@ spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}
         }
         match decide(addr("10.96.0.11:80"), None, Some(&m), 0) {
             Transport::Refuse(why) => assert!(why.contains("apps/nowhere"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_index_gives_each_endpoint_its_clusters_tls() {
+        let loaded = mesh_config::load_str(
+            "edge.yaml",
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec: {gatewayClassName: ringmesh, listeners: [{name: http, port: 8080, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /secure}}]
+    backendRefs: [{name: secure, port: 443}]
+  - backendRefs: [{name: plain, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: default}
+spec: {ports: [{port: 443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: secure-1, namespace: default, labels: {kubernetes.io/service-name: secure}}
+addressType: IPv4
+ports: [{port: 8443}]
+endpoints: [{addresses: [192.0.2.1]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: default}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: plain-1, namespace: default, labels: {kubernetes.io/service-name: plain}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [192.0.2.2]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure, namespace: default}
+spec: {host: secure, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, sni: s.example}}}
+"#,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let snapshot = mesh_registry::translate(&loaded.resources, &Default::default());
+        let index = TlsIndex::build(&snapshot);
+        let secure = index.get(addr("192.0.2.1:8443")).expect("the rule's tls");
+        assert_eq!(secure.mode, "SIMPLE");
+        assert_eq!(secure.server_name.as_deref(), Some("s.example"));
+        assert!(index.get(addr("192.0.2.2:8080")).is_none());
+        match decide(addr("192.0.2.1:8443"), Some(secure), None, 0) {
+            Transport::Tls { server_name, .. } => assert_eq!(server_name.to_str(), "s.example"),
             other => panic!("{other:?}"),
         }
     }
