@@ -86,20 +86,28 @@ impl H2Pool {
         // an HBONE tunnel (a mesh pod, a waypoint), TLS with ALPN h2
         // (DestinationRule SIMPLE), or h2c on TCP; a refusal never turns
         // into plaintext.
-        let tls = match super::connector::transport_for(addr) {
-            Transport::Tcp => None,
+        let conn = match super::connector::transport_for(addr) {
+            Transport::Tcp => {
+                let tcp = dial(addr, timeout).await?;
+                handshake(addr, tcp.into_poll_io()?, timeout).await?
+            }
             Transport::Hbone { via, identity } => {
                 let tunnel =
                     super::connector::hbone_poll_tunnel(addr, via, identity, timeout).await?;
-                let conn = handshake(addr, tunnel, timeout).await?;
-                let send = conn.send.clone();
-                self.conns.borrow_mut().insert(addr, conn);
-                return Ok(send);
+                handshake(addr, tunnel, timeout).await?
             }
             Transport::Tls {
                 config,
                 server_name,
-            } => Some((config, server_name)),
+            } => {
+                let tcp = dial(addr, timeout).await?;
+                let stream = monoio::time::timeout(timeout, tls_h2(addr, tcp, config, server_name))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "upstream TLS connect timed out")
+                    })??;
+                handshake(addr, stream, timeout).await?
+            }
             Transport::Refuse(reason) => {
                 tracing::warn!(endpoint = %addr, "upstream connection refused: {reason}");
                 return Err(io::Error::new(
@@ -108,26 +116,19 @@ impl H2Pool {
                 ));
             }
         };
-        let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        tcp.set_nodelay(true)?;
-        let conn = match tls {
-            None => handshake(addr, tcp.into_poll_io()?, timeout).await?,
-            Some((config, server_name)) => {
-                let stream = monoio::time::timeout(timeout, tls_h2(addr, tcp, config, server_name))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "upstream TLS connect timed out")
-                    })??;
-                handshake(addr, stream, timeout).await?
-            }
-        };
         let send = conn.send.clone();
         self.conns.borrow_mut().insert(addr, conn);
         Ok(send)
     }
+}
+
+async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// TLS offering ALPN `h2` only (the rule's settings otherwise); a backend
