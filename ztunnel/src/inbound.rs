@@ -22,7 +22,6 @@ use crate::metrics::{AccessLog, ConnLabels};
 use crate::proxy::PodProxy;
 
 pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
     let tls = match mesh_tls::accept(proxy.tls.server_config(), stream).await {
         Ok(tls) => tls,
         Err(e) => {

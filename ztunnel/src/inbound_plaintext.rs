@@ -18,7 +18,6 @@ use crate::sockets;
 
 pub async fn handle(proxy: Rc<PodProxy>, stream: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
-    let _ = stream.set_nodelay(true);
     let target = match sockets::original_dst(&stream) {
         Ok(dst) => dst,
         Err(e) => {

@@ -27,16 +27,21 @@ pub fn bind_listener(
     nonblocking: bool,
 ) -> io::Result<monoio::net::TcpListener> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let socket = netns.run(|| {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(4096)?;
-        Ok(socket)
-    })?;
+    let socket = netns.run(|| listening_socket(addr))?;
     socket.set_nonblocking(nonblocking)?;
     monoio::net::TcpListener::from_std(socket.into())
+}
+
+/// SO_REUSEPORT, and TCP_NODELAY, which Linux copies to every accepted socket: one
+/// `setsockopt` here instead of one per connection.
+fn listening_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket)
 }
 
 /// How an upstream socket is made.
@@ -197,5 +202,23 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> SocketAddr {
                 u16::from_be(a.sin_port),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let socket = listening_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(
+            SockRef::from(&accepted).tcp_nodelay().unwrap(),
+            "the handlers no longer set TCP_NODELAY on accepted sockets themselves"
+        );
+        drop(client);
     }
 }
