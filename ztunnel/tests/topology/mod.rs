@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod waypoint;
 
 use std::fs::File;
 use std::io::{Read, Write};
