@@ -1,6 +1,7 @@
 //! Admin/status HTTP endpoint (default 127.0.0.1:15014, Istio's control-plane
 //! monitoring port): `/status` (JSON: config generation, rejected documents,
-//! Gateway API status, xDS connections and NACKs), `/metrics` (Prometheus
+//! Gateway API status, xDS connections, NACKs and
+//! resources withheld from callers), `/metrics` (Prometheus
 //! text), `/healthz/ready`. HTTP/1.1, one request per connection.
 
 use std::sync::Arc;
@@ -78,13 +79,18 @@ pub fn status_json(controller: &Controller) -> serde_json::Value {
         .into_iter()
         .map(|n| json!({"node_id": n.node_id, "type_url": n.type_url, "message": n.message, "resources": n.resources}))
         .collect();
+    let denials: Vec<_> = xds
+        .denials()
+        .into_iter()
+        .map(|d| json!({"node_id": d.node_id, "type_url": d.type_url, "name": d.name, "reason": d.reason}))
+        .collect();
     json!({
         "generation": state.generation,
         "last_reload_error": state.last_reload_error,
         "config_errors": state.status.config_errors,
         "resources": {"addresses": state.addresses, "authorizations": state.authorizations, "proxies": state.proxies},
         "gateway_api": state.status,
-        "xds": {"connections": connections, "nacks": nacks},
+        "xds": {"connections": connections, "nacks": nacks, "denials": denials},
     })
 }
 
@@ -103,6 +109,7 @@ fn metrics(controller: &Controller) -> String {
         ("ringmesh_xds_bytes_sent_total", s.bytes_sent),
         ("ringmesh_xds_acks_total", s.acks),
         ("ringmesh_xds_nacks_total", s.nacks),
+        ("ringmesh_xds_denied_total", s.denials),
         ("ringmesh_xds_connections_active", s.connections_active),
     ];
     lines

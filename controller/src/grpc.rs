@@ -46,7 +46,8 @@ pub const DEFAULT_SERVING_NAMES: &[&str] = &[
     "localhost",
 ];
 
-/// The controller's serving identity on 15012, issued by its own CA:
+/// The controller's serving identity on 15012, issued by its own CA (client certificates
+/// from the same CA are accepted and verified, not required):
 /// `spiffe://TD/ns/istio-system/sa/ringmesh-controller` plus
 /// [`DEFAULT_SERVING_NAMES`] and `extra_sans` (each an IP or a DNS name), so
 /// clients holding the mesh root can verify it by name or address.
@@ -69,5 +70,11 @@ pub fn serving_tls(
     }
     let (issued, key_pem) = ca.issue_serving_cert(&identity, &dns, &ips)?;
     let chain = issued.chain_pem.concat();
-    Ok(ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key_pem)))
+    // Client certificates are optional (a proxy asks the CA for its first one on this port)
+    // but verified against the mesh root when presented: xds_access ties Proxy resources to
+    // the identity they carry.
+    Ok(ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(chain, key_pem))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.root_pem()))
+        .client_auth_optional(true))
 }

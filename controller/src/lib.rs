@@ -8,5 +8,6 @@ pub mod ca;
 pub mod grpc;
 pub mod state;
 pub mod watch;
+pub mod xds_access;
 
 pub use state::{Controller, ControllerOptions, ReloadOutcome, State};

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_tls::CertificateAuthority;
 use ringmesh_controller::ca::{CaService, CallerAuth};
+use ringmesh_controller::xds_access::{Transport, XdsAccess};
 use ringmesh_controller::{admin, grpc, watch, Controller, ControllerOptions};
 
 #[derive(Parser)]
@@ -138,17 +139,18 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
     } else {
         CallerAuth::NodeTokens
     };
+    let access = |transport| Arc::new(XdsAccess::new(transport, &args.trust_domain));
     let plain_task = tokio::spawn(grpc::serve(
         plain,
         None,
-        xds.clone(),
+        xds.with_authorizer(access(Transport::Plaintext)),
         CaService::new(ca.clone(), controller.clone(), caller_auth),
         stopped(stop_rx.clone()),
     ));
     let tls_task = tokio::spawn(grpc::serve(
         tls,
         Some(tls_config),
-        xds.clone(),
+        xds.with_authorizer(access(Transport::Tls)),
         CaService::new(ca.clone(), controller.clone(), caller_auth),
         stopped(stop_rx.clone()),
     ));

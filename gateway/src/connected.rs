@@ -27,6 +27,11 @@
 //!   `istio.workload.Address` and `istio.security.Authorization`, as a
 //!   ztunnel subscribes). Upstreams then work as with `--ca-dir` in
 //!   standalone mode (src/mesh.rs).
+//! - The controller gives a Proxy over TLS only to the identity that runs it,
+//!   so over TLS `--node` is required: the certificate is fetched first and
+//!   the xDS stream presents it (`mesh_xds::ClientIdentity`; reconnects after
+//!   a renewal present the new one). Over plaintext a Proxy with private keys
+//!   is withheld by the controller.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +47,9 @@ use mesh_registry::workloads::WorkloadRegistry;
 use mesh_registry::xds::{decode_all, l7, LocalNetns};
 use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
 use mesh_tls::{HboneTls, WorkloadCert};
-use mesh_xds::{CaClient, CaClientConfig, ClientConfig, ClientStats, ResourceSet, XdsClient};
+use mesh_xds::{
+    CaClient, CaClientConfig, ClientConfig, ClientIdentity, ClientStats, ResourceSet, XdsClient,
+};
 
 use crate::mesh::{Mesh, MeshArgs};
 
@@ -112,6 +119,13 @@ pub fn start(
     snapshots: &SnapshotHandle,
 ) -> anyhow::Result<Started> {
     let tls = client_tls(args)?;
+    if tls.is_some() && args.node.is_none() {
+        anyhow::bail!(
+            "--xds over TLS needs --node (and --node-token-file): the controller gives a \
+             Gateway's configuration over TLS only to a caller presenting the Gateway's mesh \
+             certificate, which comes from its CA"
+        );
+    }
     let address = normalize_address(address, tls.is_some());
     let name = l7::resource_name(gateway);
     let node_id = format!(
@@ -120,6 +134,7 @@ pub fn start(
         gateway.name,
         ns = gateway.namespace
     );
+    let client_identity = ClientIdentity::default();
     let mut config = ClientConfig::new(address.clone(), node_id.clone())
         .named(type_url::L7_PROXY, [name.clone()]);
     let registry = args
@@ -132,8 +147,10 @@ pub fn start(
             .wildcard(type_url::AUTHORIZATION);
     }
     config.tls = tls.clone();
+    config.client_identity = Some(client_identity.clone());
     config.max_backoff = MAX_BACKOFF;
     let client = XdsClient::new(config);
+    let handle = spawn_runtime()?;
     let metrics = Arc::new(XdsMetrics {
         stats: client.stats(),
         pushes: AtomicU64::new(0),
@@ -142,7 +159,59 @@ pub fn start(
         renewals: AtomicU64::new(0),
         renewal_failures: AtomicU64::new(0),
     });
-    let handle = spawn_xds_thread(
+
+    // With --node the certificate comes first: over TLS it is what entitles this gateway
+    // to its Proxy (the controller checks its identity against the Gateway's).
+    let hbone = match &args.node {
+        Some(node) => {
+            let mut ca_config = CaClientConfig::new(address.clone(), node);
+            ca_config.tls = tls.clone();
+            ca_config.token = match &args.node_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the node token {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            // The lazy channel spawns its connection task: it must be made inside the runtime.
+            let ca = {
+                let _runtime = handle.enter();
+                CaClient::new(ca_config).map_err(anyhow::Error::msg)?
+            };
+            let identity = mesh_args.identity(Some(gateway))?;
+            let issued = {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (ca, wanted) = (ca.clone(), identity.clone());
+                handle.spawn(async move {
+                    let _ = tx.send(ca.issue(&wanted).await);
+                });
+                rx.recv().context("the xDS thread stopped")?.map_err(|e| {
+                    anyhow::anyhow!("certificate for {identity} from the controller's CA: {e}")
+                })?
+            };
+            let hbone = Arc::new(HboneTls::from_workload_cert(
+                &issued.root_pem,
+                &issued.cert,
+            )?);
+            tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
+            metrics.certificates.store(1, Ordering::Relaxed);
+            client_identity.set_issued(&issued);
+            handle.spawn(renew(
+                ca,
+                issued.cert,
+                hbone.clone(),
+                client_identity.clone(),
+                metrics.clone(),
+            ));
+            Some(hbone)
+        }
+        None => None,
+    };
+
+    spawn_client(
+        &handle,
         client,
         Subscribed {
             name: name.clone(),
@@ -151,53 +220,17 @@ pub fn start(
             trust_domain: mesh_args.trust_domain.clone(),
         },
         metrics.clone(),
-    )?;
+    );
     tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
     wait_initial_sync(&metrics, &name, registry.is_some());
-
-    let (Some(node), Some(registry)) = (&args.node, registry) else {
-        return Ok(Started {
-            metrics,
-            mesh: None,
-        });
-    };
-    let mut ca_config = CaClientConfig::new(address, node);
-    ca_config.tls = tls;
-    ca_config.token = match &args.node_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the node token {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    // The lazy channel spawns its connection task: it must be made inside the runtime.
-    let ca = {
-        let _runtime = handle.enter();
-        CaClient::new(ca_config).map_err(anyhow::Error::msg)?
-    };
-    let identity = mesh_args.identity(Some(gateway))?;
-    let issued = {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (ca, wanted) = (ca.clone(), identity.clone());
-        handle.spawn(async move {
-            let _ = tx.send(ca.issue(&wanted).await);
-        });
-        rx.recv().context("the xDS thread stopped")?.map_err(|e| {
-            anyhow::anyhow!("certificate for {identity} from the controller's CA: {e}")
-        })?
-    };
-    let hbone = Arc::new(HboneTls::from_workload_cert(
-        &issued.root_pem,
-        &issued.cert,
-    )?);
-    tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
-    metrics.certificates.store(1, Ordering::Relaxed);
-    handle.spawn(renew(ca, issued.cert, hbone.clone(), metrics.clone()));
     Ok(Started {
         metrics,
-        mesh: Some(Mesh::from_parts(hbone, registry, &mesh_args.trust_domain)),
+        mesh: match (hbone, registry) {
+            (Some(hbone), Some(registry)) => {
+                Some(Mesh::from_parts(hbone, registry, &mesh_args.trust_domain))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -209,11 +242,8 @@ struct Subscribed {
     trust_domain: String,
 }
 
-fn spawn_xds_thread(
-    client: XdsClient,
-    to: Subscribed,
-    metrics: Arc<XdsMetrics>,
-) -> anyhow::Result<tokio::runtime::Handle> {
+/// The `gateway-xds` thread's tokio runtime (xDS client, CA client, renewals).
+fn spawn_runtime() -> anyhow::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -221,8 +251,18 @@ fn spawn_xds_thread(
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name("gateway-xds".into())
-        .spawn(move || {
-            runtime.block_on(client.run(move |delta, all| {
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .context("cannot start the xDS thread")?;
+    Ok(handle)
+}
+
+fn spawn_client(
+    handle: &tokio::runtime::Handle,
+    client: XdsClient,
+    to: Subscribed,
+    metrics: Arc<XdsMetrics>,
+) {
+    handle.spawn(client.run(move |delta, all| {
                 if delta.type_url == type_url::L7_PROXY {
                     let snapshot = snapshot_of(all, &to.name)?;
                     let version = mesh_runtime::publish(&to.snapshots, snapshot);
@@ -233,10 +273,7 @@ fn spawn_xds_thread(
                     metrics.registry_pushes.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
-            }))
-        })
-        .context("cannot start the xDS thread")?;
-    Ok(handle)
+            }));
 }
 
 /// The workload registry from the full resource set (no netns paths: the
@@ -267,7 +304,14 @@ fn registry_of(all: &ResourceSet, trust_domain: &str) -> Result<WorkloadRegistry
 /// Renews the certificate at half-life through the controller's CA; new
 /// handshakes use the new one, established connections keep theirs. A
 /// failed renewal is retried at the next check.
-async fn renew(ca: CaClient, mut cert: WorkloadCert, tls: Arc<HboneTls>, metrics: Arc<XdsMetrics>) {
+/// The xDS channel presents the new certificate from its next stream on.
+async fn renew(
+    ca: CaClient,
+    mut cert: WorkloadCert,
+    tls: Arc<HboneTls>,
+    xds_identity: ClientIdentity,
+    metrics: Arc<XdsMetrics>,
+) {
     loop {
         tokio::time::sleep(RENEW_CHECK).await;
         if !cert.should_renew(std::time::SystemTime::now()) {
@@ -277,6 +321,7 @@ async fn renew(ca: CaClient, mut cert: WorkloadCert, tls: Arc<HboneTls>, metrics
             tls.cert_store()
                 .rotate(&issued.cert)
                 .map_err(|e| e.to_string())?;
+            xds_identity.set_issued(&issued);
             Ok(issued.cert)
         });
         match renewed {

@@ -5,7 +5,8 @@
 //! a broken edit changes nothing; a killed controller leaves open and new
 //! connections served; a restarted one resyncs without re-sending anything
 //! (the controller's xDS counters say so). HTTPS certificates travel inline
-//! over the TLS channel. With `--node`, the mesh identity comes from the
+//! over the TLS channel, to the gateway's own identity only (the controller
+//! withholds them over plaintext and reports it). With `--node`, the mesh identity comes from the
 //! controller's CA; `connected_ingress_into_the_mesh` checks HBONE into the
 //! mesh with everything connected (the two-node network-namespace topology
 //! of the ztunnel tests, connected ztunnels; skipped without unshare/iptables;
@@ -539,10 +540,12 @@ fn https_certificates_travel_inline_over_the_tls_channel() {
     let first = certificate("secure.example.com");
     config.write("services.yaml", &services(one, one));
     config.write("gateway.yaml", &https_config(port, &first));
+    config.write("mesh.yaml", GATEWAY_POD_AND_TOKENS);
+    std::fs::write(config.path().join("token"), "token-of-gw-node\n").unwrap();
     let root = ca.path().join("root-cert.pem");
     let controller = Controller::start_with(
         config.path(),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
         &[
             "--ca-cert".into(),
             root.display().to_string(),
@@ -550,7 +553,26 @@ fn https_certificates_travel_inline_over_the_tls_channel() {
             ca.path().join("ca-key.pem").display().to_string(),
         ],
     );
-    // xDS over TLS (15012-style), verified against the mesh root by name.
+    // Over plaintext the controller keeps the key to itself (and says so).
+    let plain = Gateway::start(controller.xds, config.path());
+    wait_for("the denial in /status", Duration::from_secs(10), || {
+        controller.status()["xds"]["denials"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    });
+    let status = controller.status();
+    let denial = &status["xds"]["denials"][0];
+    assert_eq!(denial["name"], "infra/edge", "{denial}");
+    assert!(
+        denial["reason"].as_str().unwrap().contains("private keys"),
+        "{denial}"
+    );
+    assert_eq!(controller.metric("ringmesh_xds_denied_total"), 1);
+    assert_eq!(plain.metric("ringmesh_gateway_xds_pushes_applied_total"), 0);
+    drop(plain);
+
+    // xDS over TLS (15012-style), verified against the mesh root by name, presenting the
+    // gateway's certificate from the controller's CA.
     let gw = Gateway::start_with(
         controller.xds_tls,
         config.path(),
@@ -559,6 +581,10 @@ fn https_certificates_travel_inline_over_the_tls_channel() {
             root.display().to_string(),
             "--xds-server-name".into(),
             "localhost".into(),
+            "--node".into(),
+            "gw-node".into(),
+            "--node-token-file".into(),
+            config.path().join("token").display().to_string(),
         ],
     );
     let mut served = None;
@@ -578,6 +604,7 @@ fn https_certificates_travel_inline_over_the_tls_channel() {
     });
     assert_eq!(gw.metric("ringmesh_gateway_xds_nacks_total"), 0);
     assert_eq!(gw.metric("ringmesh_gateway_xds_connected"), 1);
+    assert_eq!(controller.metric("ringmesh_xds_denied_total"), 1);
 }
 
 const GATEWAY_POD_AND_TOKENS: &str = "apiVersion: v1

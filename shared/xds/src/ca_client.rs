@@ -47,11 +47,24 @@ impl CaClientConfig {
 }
 
 /// A certificate issued by the controller and the root it chains to.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IssuedCert {
     pub cert: WorkloadCert,
     /// The last element of the returned chain (PEM): the mesh's trust root.
     pub root_pem: String,
+    /// The chain as returned (PEM, leaf first) and the private key (PKCS#8 PEM), for a
+    /// client certificate on the xDS channel ([`crate::ClientIdentity`]).
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("IssuedCert")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
@@ -127,6 +140,11 @@ impl CaClient {
         let root_pem = mesh_tls::cert_to_pem(root);
         let cert = WorkloadCert::new(key_and_csr.key, chain, Some(identity))
             .map_err(|e| format!("certificate for {identity}: {e}"))?;
-        Ok(IssuedCert { cert, root_pem })
+        Ok(IssuedCert {
+            cert,
+            root_pem,
+            chain_pem,
+            key_pem: key_and_csr.key_pem,
+        })
     }
 }

@@ -47,6 +47,10 @@ pub struct ClientConfig {
     pub subscriptions: Vec<Subscription>,
     /// TLS for `https://` addresses (server CA, optional client identity, expected name).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The client certificate presented over TLS, read at every (re)connect so a renewed
+    /// certificate is used from the next stream on (the controller requires one for
+    /// resources tied to the caller's identity).
+    pub client_identity: Option<ClientIdentity>,
     pub connect_timeout: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -60,6 +64,7 @@ impl ClientConfig {
             node_metadata: None,
             subscriptions: Vec::new(),
             tls: None,
+            client_identity: None,
             connect_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
@@ -82,6 +87,34 @@ impl ClientConfig {
             names: names.into_iter().collect(),
         });
         self
+    }
+}
+
+/// A client certificate (chain and key, PEM) shared with whatever renews it.
+#[derive(Clone, Default)]
+pub struct ClientIdentity(Arc<Mutex<Option<tonic::transport::Identity>>>);
+
+impl ClientIdentity {
+    /// Replaces the certificate; streams opened from now on present the new one.
+    pub fn set(&self, chain_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) {
+        let identity = tonic::transport::Identity::from_pem(chain_pem, key_pem);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity);
+    }
+
+    /// A certificate from the controller's CA.
+    pub fn set_issued(&self, issued: &crate::IssuedCert) {
+        self.set(&issued.chain_pem, &issued.key_pem);
+    }
+
+    fn current(&self) -> Option<tonic::transport::Identity> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.current().is_some();
+        f.debug_struct("ClientIdentity").field("set", &set).finish()
     }
 }
 
@@ -246,8 +279,17 @@ impl XdsClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.config.tls {
+            let mut tls = tls.clone();
+            if let Some(identity) = self
+                .config
+                .client_identity
+                .as_ref()
+                .and_then(|c| c.current())
+            {
+                tls = tls.identity(identity);
+            }
             endpoint = endpoint
-                .tls_config(tls.clone())
+                .tls_config(tls)
                 .map_err(|e| format!("xDS TLS config: {e}"))?;
         }
         let channel = endpoint

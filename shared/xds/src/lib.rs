@@ -13,7 +13,8 @@
 //!     batch.replace_type(mesh_api::type_url::AUTHORIZATION, policies);
 //! });
 //! tokio::spawn(xds.clone().serve(listener_15010, shutdown));           // or serve_tls on 15012
-//! // Status: xds.nacks(), xds.connections(), xds.stats(), xds.node_stats(node_id).
+//! // Status: xds.nacks(), xds.denials(), xds.connections(), xds.stats(), xds.node_stats(node_id).
+//! // Per listener, who may receive what: xds.with_authorizer(Arc::new(MyAuthorizer)).service()
 //! ```
 //!
 //! Data-plane side (on the control thread's tokio runtime):
@@ -37,12 +38,12 @@ mod version;
 
 pub use ca_client::{CaClient, CaClientConfig, IssuedCert};
 pub use client::{
-    ztunnel_node_id, ClientConfig, ClientStats, Delta, ResourceSet, Subscription,
+    ztunnel_node_id, ClientConfig, ClientIdentity, ClientStats, Delta, ResourceSet, Subscription,
     SubscriptionHandle, XdsClient,
 };
 pub use server::{
-    ConnectionInfo, NackReport, ServerConfig, ServerStats, StatsSnapshot, UpdateBatch, XdsServer,
-    NACK_HISTORY,
+    Authorizer, Caller, ConnectionInfo, DenialReport, NackReport, ServerConfig, ServerStats,
+    StatsSnapshot, UpdateBatch, XdsServer, NACK_HISTORY,
 };
 /// TLS settings for [`XdsServer::serve_tls`] and [`ClientConfig::tls`].
 pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

@@ -90,6 +90,7 @@ pub struct ServerStats {
     bytes_sent: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
+    denials: AtomicU64,
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
 }
@@ -106,6 +107,8 @@ pub struct StatsSnapshot {
     pub bytes_sent: u64,
     pub acks: u64,
     pub nacks: u64,
+    /// Resources withheld by the [`Authorizer`] (once per stream, name and version).
+    pub denials: u64,
     pub connections_accepted: u64,
     pub connections_active: u64,
 }
@@ -142,6 +145,7 @@ struct Inner {
     stats: ServerStats,
     per_node: Mutex<HashMap<String, StatsSnapshot>>,
     nacks: Mutex<std::collections::VecDeque<NackReport>>,
+    denials: Mutex<std::collections::VecDeque<DenialReport>>,
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection_id: AtomicU64,
 }
@@ -150,6 +154,41 @@ struct Inner {
 #[derive(Clone)]
 pub struct XdsServer {
     inner: Arc<Inner>,
+    /// Decides what the streams served through this handle may receive (None: everything).
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+/// Who opened a stream, as the transport and the request metadata tell it.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The client's certificate chain (leaf first) when it presented one over TLS; the TLS
+    /// layer has verified it against the configured client CA.
+    pub peer_certificates: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    /// The token of an `authorization: Bearer` header, if any.
+    pub bearer_token: Option<String>,
+}
+
+/// Which resources a stream may receive. Consulted for every resource before it is sent,
+/// so a decision can depend on the content (for example: a resource holding private keys).
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Err(reason)` withholds the resource: the stream neither gets it nor learns it
+    /// exists (a held copy is removed), and the denial is counted and reported.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        type_url: &str,
+        name: &str,
+        resource: &VersionedResource,
+    ) -> Result<(), String>;
+}
+
+/// A resource withheld from a stream by the [`Authorizer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenialReport {
+    pub node_id: String,
+    pub type_url: String,
+    pub name: String,
+    pub reason: String,
 }
 
 /// Changes applied together and published as one generation.
@@ -239,10 +278,26 @@ impl XdsServer {
                 stats: ServerStats::default(),
                 per_node: Mutex::new(HashMap::new()),
                 nacks: Mutex::new(Default::default()),
+                denials: Mutex::new(Default::default()),
                 connections: Mutex::new(BTreeMap::new()),
                 next_connection_id: AtomicU64::new(1),
             }),
+            authorizer: None,
         }
+    }
+
+    /// A handle on the same store whose streams get only what `authorizer` allows (mount
+    /// one per listener: plaintext and TLS callers can be held to different rules).
+    pub fn with_authorizer(&self, authorizer: Arc<dyn Authorizer>) -> Self {
+        XdsServer {
+            inner: self.inner.clone(),
+            authorizer: Some(authorizer),
+        }
+    }
+
+    /// The most recent denials (up to [`NACK_HISTORY`]), oldest first.
+    pub fn denials(&self) -> Vec<DenialReport> {
+        lock(&self.inner.denials).iter().cloned().collect()
     }
 
     /// Applies a batch of changes and, if anything changed, publishes them (debounced).
@@ -296,6 +351,7 @@ impl XdsServer {
             bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
             acks: s.acks.load(Ordering::Relaxed),
             nacks: s.nacks.load(Ordering::Relaxed),
+            denials: s.denials.load(Ordering::Relaxed),
             connections_accepted: s.connections_accepted.load(Ordering::Relaxed),
             connections_active: s.connections_active.load(Ordering::Relaxed),
         }
@@ -386,6 +442,23 @@ impl XdsServer {
         n.bytes_sent += bytes;
     }
 
+    fn record_denial(&self, report: DenialReport) {
+        tracing::warn!(
+            node = %report.node_id, type_url = %report.type_url, name = %report.name,
+            reason = %report.reason, "xDS resource withheld from the caller"
+        );
+        self.inner.stats.denials.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.per_node)
+            .entry(report.node_id.clone())
+            .or_default()
+            .denials += 1;
+        let mut denials = lock(&self.inner.denials);
+        if denials.len() >= NACK_HISTORY {
+            denials.pop_front();
+        }
+        denials.push_back(report);
+    }
+
     fn count_reply(&self, node_id: &str, nack: bool) {
         let counter = if nack {
             &self.inner.stats.nacks
@@ -416,6 +489,19 @@ impl AggregatedDiscoveryService for XdsServer {
         stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let server = self.clone();
+        let caller = Caller {
+            peer_certificates: request.peer_certs(),
+            bearer_token: request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
         let requests = request.into_inner();
         let id = self
             .inner
@@ -423,7 +509,9 @@ impl AggregatedDiscoveryService for XdsServer {
             .fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.connections).insert(id, ConnectionInfo::default());
         tokio::spawn(async move {
-            Connection::new(server.clone(), tx, id).run(requests).await;
+            Connection::new(server.clone(), tx, id, caller)
+                .run(requests)
+                .await;
             lock(&server.inner.connections).remove(&id);
             server
                 .inner
@@ -442,6 +530,8 @@ struct TypeWatch {
     names: HashSet<String>,
     /// name -> version the client has (sent by us, or declared on reconnect).
     sent: HashMap<String, String>,
+    /// name -> version withheld by the authorizer (reported once per version).
+    denied: HashMap<String, String>,
 }
 
 impl TypeWatch {
@@ -461,10 +551,11 @@ struct Connection {
     next_nonce: u64,
     /// Store generation this connection's watches were last brought up to.
     synced: u64,
+    caller: Caller,
 }
 
 impl Connection {
-    fn new(server: XdsServer, tx: ResponseSender, id: u64) -> Self {
+    fn new(server: XdsServer, tx: ResponseSender, id: u64, caller: Caller) -> Self {
         Connection {
             id,
             server,
@@ -474,6 +565,7 @@ impl Connection {
             inflight: HashMap::new(),
             next_nonce: 0,
             synced: 0,
+            caller,
         }
     }
 
@@ -658,21 +750,53 @@ impl Connection {
     ) -> bool {
         let empty = TypeStore::new();
         let resources = store.get(type_url).map(|r| r.as_ref()).unwrap_or(&empty);
+        let (server, caller, node_id) = (&self.server, &self.caller, &self.node_id);
         let Some(watch) = self.watches.get_mut(type_url) else {
             return true;
+        };
+        // Whether the caller may have this resource; a denial is reported once per version.
+        let permitted = |name: &str,
+                         resource: &VersionedResource,
+                         denied: &mut HashMap<String, String>|
+         -> bool {
+            let Some(authorizer) = &server.authorizer else {
+                return true;
+            };
+            match authorizer.authorize(caller, type_url, name, resource) {
+                Ok(()) => {
+                    denied.remove(name);
+                    true
+                }
+                Err(reason) => {
+                    if denied.get(name) != Some(&resource.version) {
+                        denied.insert(name.to_string(), resource.version.clone());
+                        server.record_denial(DenialReport {
+                            node_id: node_id.clone(),
+                            type_url: type_url.to_string(),
+                            name: name.to_string(),
+                            reason,
+                        });
+                    }
+                    false
+                }
+            }
         };
         let mut updated = Vec::new();
         let mut removed = Vec::new();
         match candidates {
             Some(names) => {
-                for name in names.iter().filter(|n| watch.wants(n)) {
-                    match resources.get(name) {
-                        Some(r) if watch.sent.get(name) != Some(&r.version) => {
+                let wanted: Vec<&String> = names.iter().filter(|n| watch.wants(n)).collect();
+                for name in wanted {
+                    let resource = resources.get(name);
+                    let allowed = resource.map(|r| permitted(name, r, &mut watch.denied));
+                    match (resource, allowed) {
+                        (Some(r), Some(true)) if watch.sent.get(name) != Some(&r.version) => {
                             updated.push((name.clone(), r.clone()))
                         }
-                        Some(_) => {}
-                        None if watch.sent.contains_key(name) => removed.push(name.clone()),
-                        None => {}
+                        (Some(_), Some(true)) => {}
+                        // Gone, or no longer allowed: a held copy is removed.
+                        _ if watch.sent.contains_key(name) => removed.push(name.clone()),
+                        _ => {}
                     }
                 }
                 // Deterministic order on the wire, as in the full comparison.
@@ -684,26 +808,33 @@ impl Connection {
                 watch
                     .sent
                     .retain(|name, _| watch.wildcard || watch.names.contains(name));
-                let mut consider = |name: &String, resource: &Arc<VersionedResource>| {
-                    if watch.sent.get(name) != Some(&resource.version) {
-                        updated.push((name.clone(), resource.clone()));
-                    }
-                };
-                if watch.wildcard {
-                    resources.iter().for_each(|(n, r)| consider(n, r));
+                let names: Vec<&String> = if watch.wildcard {
+                    resources.keys().collect()
                 } else {
-                    let mut names: Vec<&String> = watch.names.iter().collect();
+                    let mut names: Vec<&String> = watch
+                        .names
+                        .iter()
+                        .filter(|n| resources.contains_key(*n))
+                        .collect();
                     names.sort();
-                    for name in names {
-                        if let Some(resource) = resources.get(name) {
-                            consider(name, resource);
-                        }
+                    names
+                };
+                let mut withheld = HashSet::new();
+                for name in names {
+                    let resource = &resources[name];
+                    if !permitted(name, resource, &mut watch.denied) {
+                        withheld.insert(name);
+                    } else if watch.sent.get(name) != Some(&resource.version) {
+                        updated.push((name.clone(), resource.clone()));
                     }
                 }
                 removed = watch
                     .sent
                     .keys()
-                    .filter(|name| !resources.contains_key(*name) && watch.wants(name))
+                    .filter(|name| {
+                        (!resources.contains_key(*name) || withheld.contains(name))
+                            && watch.wants(name)
+                    })
                     .cloned()
                     .collect();
                 removed.sort();
