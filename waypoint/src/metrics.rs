@@ -96,6 +96,12 @@ impl mesh_runtime::MetricsSource for WaypointMetrics {
                 &self.unknown_destination,
             ),
         ];
+        let denied = self.http.authz_denied();
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_authz_denied_total Requests denied by an AuthorizationPolicy (403 RBAC: access denied).\n# TYPE ringmesh_authz_denied_total counter\nringmesh_authz_denied_total{{waypoint=\"{}\"}} {denied}",
+            escape(&self.waypoint)
+        );
         for (name, help, value) in counters {
             let _ = writeln!(
                 out,

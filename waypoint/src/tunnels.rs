@@ -167,10 +167,12 @@ impl ConnectHandler for Tunnels {
         self.worker
             .http
             .clone()
-            .serve_service_stream(
+            .serve_service_stream_from(
                 HboneStream::new(reader, writer).finish_on_drop(),
                 peer,
                 request.authority,
+                // The tunnel's mTLS identity: `source.principal` for L7 authz.
+                request.peer_identity.as_deref().map(Rc::from),
                 self.worker.handle.drain().clone(),
             )
             .await;

@@ -26,6 +26,58 @@ pub struct AuthorizationPolicySpec {
     /// No rules: an ALLOW policy matches nothing, a DENY policy matches nothing.
     #[serde(default)]
     pub rules: Vec<AuthorizationRule>,
+    /// Istio ambient: a policy attached to a Service (`kind: Service`) or to a
+    /// waypoint (`kind: Gateway`) is enforced by the waypoint, not by ztunnel.
+    #[serde(default)]
+    pub target_refs: Vec<AuthzTargetRef>,
+    /// The older single form of `targetRefs`.
+    #[serde(default)]
+    pub target_ref: Option<AuthzTargetRef>,
+}
+
+impl AuthorizationPolicySpec {
+    /// `targetRefs` plus `targetRef`.
+    pub fn targets(&self) -> impl Iterator<Item = &AuthzTargetRef> {
+        self.target_refs.iter().chain(self.target_ref.iter())
+    }
+}
+
+impl AuthorizationRule {
+    /// Parts outside `to` that ztunnel cannot check at L4 (`when`
+    /// conditions, remote IPs, JWT principals): an ALLOW rule with them
+    /// never matches at L4, a DENY rule matches on the rest.
+    pub fn needs_l7_outside_operations(&self) -> bool {
+        !self.when.is_empty()
+            || self.from.iter().any(|f| {
+                let s = &f.source;
+                !s.remote_ip_blocks.is_empty()
+                    || !s.not_remote_ip_blocks.is_empty()
+                    || !s.request_principals.is_empty()
+                    || !s.not_request_principals.is_empty()
+            })
+    }
+}
+
+impl Operation {
+    /// Hosts, methods or paths (or their `not` forms): HTTP-only fields.
+    pub fn needs_l7(&self) -> bool {
+        !self.hosts.is_empty()
+            || !self.methods.is_empty()
+            || !self.paths.is_empty()
+            || !self.not_hosts.is_empty()
+            || !self.not_methods.is_empty()
+            || !self.not_paths.is_empty()
+    }
+}
+
+/// One `targetRefs` entry (Gateway API policy attachment).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzTargetRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +107,21 @@ pub struct AuthorizationRule {
     pub from: Vec<RuleFrom>,
     #[serde(default)]
     pub to: Vec<RuleTo>,
+    /// Conditions (`key`, `values`, `notValues`); all must hold. L7 only
+    /// except `source.ip`, `source.principal`, `source.namespace`,
+    /// `destination.port`.
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +155,16 @@ pub struct Source {
     pub ip_blocks: Vec<String>,
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
+    /// The original client address (L7: x-forwarded-for / forwarded).
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
+    /// JWT principals (L7; ringmesh validates no JWTs, so these never match).
+    #[serde(default)]
+    pub request_principals: Vec<String>,
+    #[serde(default)]
+    pub not_request_principals: Vec<String>,
 }
 
 /// L4 fields of one `operation`: ports are strings in Istio's API.
@@ -105,6 +182,12 @@ pub struct Operation {
     pub methods: Vec<String>,
     #[serde(default)]
     pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
 }
 
 /// `PeerAuthentication.spec`.

@@ -144,7 +144,21 @@ impl HttpHandler {
         service: std::net::SocketAddr,
         drain: mesh_runtime::Drain,
     ) -> impl std::future::Future<Output = ()> + 'static {
-        server::serve_service_stream(self, stream, peer, service, drain)
+        server::serve_service_stream(self, stream, peer, service, None, drain)
+    }
+
+    /// [`HttpHandler::serve_service_stream`] for a tunnel whose HBONE peer
+    /// proved `peer_identity` (SPIFFE URI): the Service's L7
+    /// AuthorizationPolicies see it as `source.principal`.
+    pub fn serve_service_stream_from<S: io::ClientStream>(
+        self: Rc<Self>,
+        stream: S,
+        peer: std::net::SocketAddr,
+        service: std::net::SocketAddr,
+        peer_identity: Option<Rc<str>>,
+        drain: mesh_runtime::Drain,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        server::serve_service_stream(self, stream, peer, service, peer_identity, drain)
     }
 }
 
@@ -171,6 +185,7 @@ impl HttpHandler {
             drain,
             active: Default::default(),
             service: None,
+            peer_identity: None,
         };
         h2::server::serve(self, io, conn, true)
     }

@@ -79,6 +79,8 @@ pub struct WorkerMetrics {
     /// HTTP/2 connections closed by the flood guard (SETTINGS/PING flood,
     /// rapid reset): GOAWAY ENHANCE_YOUR_CALM.
     pub h2_floods: AtomicU64,
+    /// Requests refused by an L7 AuthorizationPolicy (403 RBAC: access denied).
+    pub authz_denied: AtomicU64,
 }
 
 const UNKNOWN: &str = "unknown";
@@ -138,6 +140,10 @@ impl WorkerMetrics {
         self.h2_floods.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn authz_denied(&self) {
+        self.authz_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connection_closed(&self) {
         self.connections_closed.fetch_add(1, Ordering::Relaxed);
     }
@@ -175,6 +181,14 @@ impl HttpMetrics {
                 .map(|_| Arc::new(WorkerMetrics::default()))
                 .collect(),
         }
+    }
+
+    /// Requests denied by L7 AuthorizationPolicy, summed over workers.
+    pub fn authz_denied(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.authz_denied.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Sum over workers.
@@ -270,6 +284,7 @@ impl MetricsSource for HttpMetrics {
                 &w.h2_protocol_errors
             }),
             ("ringmesh_h2_floods_total", |w| &w.h2_floods),
+            ("ringmesh_authz_denied_total", |w| &w.authz_denied),
         ] {
             let value = sum(field);
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");

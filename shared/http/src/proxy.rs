@@ -72,6 +72,13 @@ pub(crate) async fn handle<S: ClientStream>(
             .await;
         }
     }
+    let identity = c.peer_identity.as_deref();
+    if policy::authz::check_request(h, &snapshot, c.service, identity, c.peer.ip(), &req).is_some()
+    {
+        let (status, body) = (403, policy::authz::DENIED_BODY);
+        let none = Headers::default();
+        return answer(h, c, &req, &reader, start, status, &none, body, None).await;
+    }
     let Some(entry) = route::select_scoped(&snapshot, c.service, c.port, &host, &req) else {
         return answer(
             h,

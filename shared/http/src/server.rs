@@ -37,6 +37,8 @@ pub(crate) struct Client<S> {
     /// connection was opened for; requests are routed with that Service's
     /// table (GAMMA) instead of by port and Host.
     pub service: Option<SocketAddr>,
+    /// Waypoint: the HBONE peer's SPIFFE identity (L7 AuthorizationPolicy).
+    pub peer_identity: Option<std::rc::Rc<str>>,
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
@@ -95,6 +97,7 @@ async fn serve_h2c(
         drain,
         active: Default::default(),
         service: None,
+        peer_identity: None,
     };
     let io = crate::h2::Rewind::new(rbuf.freeze(), stream);
     crate::h2::server::serve(handler, io, conn, false).await;
@@ -123,12 +126,14 @@ pub(crate) async fn serve_stream_with_sni<S: ClientStream>(
     serve_connection(handler, stream, peer, port, drain, scheme, sni, false, None).await;
 }
 
-/// Waypoint: HTTP/1.1 over a tunnel opened for Service `service` (VIP:port).
+/// Waypoint: HTTP/1.1 over a tunnel opened for Service `service` (VIP:port)
+/// by the HBONE peer `peer_identity`.
 pub(crate) async fn serve_service_stream<S: ClientStream>(
     handler: Rc<HttpHandler>,
     stream: S,
     peer: SocketAddr,
     service: SocketAddr,
+    peer_identity: Option<Rc<str>>,
     drain: Drain,
 ) {
     let port = service.port();
@@ -143,7 +148,7 @@ pub(crate) async fn serve_service_stream<S: ClientStream>(
         "http",
         None,
         h2c,
-        Some(service),
+        Some((service, peer_identity.clone())),
     )
     .await;
     // gRPC and other HTTP/2 inside the tunnel: h2 over the tunnel's monoio
@@ -157,6 +162,7 @@ pub(crate) async fn serve_service_stream<S: ClientStream>(
             drain: drain2,
             active: Default::default(),
             service: Some(service),
+            peer_identity,
         };
         let io = crate::h2::Rewind::new(rbuf.freeze(), crate::h2::poll_io::PollIo::new(stream));
         crate::h2::server::serve(handler, io, conn, false).await;
@@ -176,8 +182,12 @@ async fn serve_connection<S: ClientStream>(
     scheme: &'static str,
     sni: Option<Box<str>>,
     h2c: bool,
-    service: Option<SocketAddr>,
+    scope: Option<(SocketAddr, Option<Rc<str>>)>,
 ) -> Option<Io<S>> {
+    let (service, peer_identity) = match scope {
+        Some((vip, identity)) => (Some(vip), identity),
+        None => (None, None),
+    };
     handler.metrics.connection_opened();
     let mut client = Client {
         io: Io::new(stream),
@@ -189,6 +199,7 @@ async fn serve_connection<S: ClientStream>(
         scratch: BytesMut::new(),
         sni,
         service,
+        peer_identity,
     };
     let mut first = true;
     loop {

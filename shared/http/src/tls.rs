@@ -57,6 +57,7 @@ pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted, tls: Arc<Por
             drain: conn.drain,
             active: Default::default(),
             service: None,
+            peer_identity: None,
         };
         // h2 drives the TLS stream through its tokio traits and flushes itself.
         return crate::h2::server::serve(handler, stream, conn, true).await;

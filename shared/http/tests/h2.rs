@@ -544,6 +544,7 @@ fn grpc_inside_a_service_scoped_stream_uses_the_service_table() {
                     entries: vec![prefix("/", rule(vec![backend(&c, 1)], vec![]))],
                 }),
                 from_routes: false,
+                authz: None,
             }),
         )]
         .into_iter()

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 pub use l4::{HostMap, L4Backend, L4Listener, L4Route, L4Routes};
 pub use service_routes::{ServiceRoute, ServiceRoutes};
 pub use snapshot::*;
+pub use translate::l7_authz::L7Authz;
 pub use translate::{translate, translate_loaded, translate_waypoint, TranslateOptions};
 
 /// Shared handle through which the control thread publishes snapshots and

@@ -37,6 +37,10 @@ pub struct ServiceRoute {
     pub table: Arc<RouteTable>,
     /// Whether `table` came from HTTPRoutes (false: the default route).
     pub from_routes: bool,
+    /// AuthorizationPolicies attached to this Service or to the waypoint
+    /// (`targetRefs`), enforced per request; None when none is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<Arc<crate::L7Authz>>,
 }
 
 /// Sorted, string keys (JSON objects need them).

@@ -140,6 +140,13 @@ pub(crate) async fn serve_request(
             );
         }
     }
+    let identity = conn.peer_identity.as_deref();
+    let source_ip = conn.peer.ip();
+    let denied =
+        crate::policy::authz::check_request(h, &snapshot, conn.service, identity, source_ip, &req);
+    if denied.is_some() {
+        return s.local(403, &none, crate::policy::authz::DENIED_BODY, None);
+    }
     let Some(entry) = route::select_scoped(&snapshot, conn.service, conn.port, &host, &req) else {
         return s.local(404, &none, "no route\n", None);
     };

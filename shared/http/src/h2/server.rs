@@ -37,6 +37,8 @@ pub(crate) struct Conn {
     /// Waypoint: the Service (VIP:port) the carrying tunnel was opened for;
     /// requests are routed with that Service's table.
     pub service: Option<SocketAddr>,
+    /// Waypoint: the HBONE peer's SPIFFE identity (L7 AuthorizationPolicy).
+    pub peer_identity: Option<std::rc::Rc<str>>,
 }
 
 impl H2Options {

@@ -18,6 +18,7 @@
 //!    of requests in flight, at least 3; maxRetries).
 //! 5. on the response: [`service_time_header`] and `picked.set_cookie`.
 
+pub mod authz;
 mod balance;
 mod hash_key;
 mod pool;

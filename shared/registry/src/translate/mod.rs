@@ -18,6 +18,7 @@ mod grpc_attach;
 mod hostnames;
 mod l4;
 mod l4_listeners;
+pub mod l7_authz;
 mod listeners;
 mod matches;
 mod precedence;

@@ -6,6 +6,9 @@
 //!   precedence order (hostnames are ignored: the destination is already known);
 //! - otherwise one catch-all route to the Service port's own endpoints.
 //!
+//! AuthorizationPolicies whose `targetRefs` name the Service or the waypoint
+//! are attached to each of the Service's ports (`l7_authz`).
+//!
 //! Rules and clusters are compiled by the same code as the gateway's
 //! (`compile_route`, `BackendResolver`), so whatever traffic policy that code
 //! attaches applies in the waypoint as well.
@@ -66,6 +69,15 @@ pub fn translate_waypoint(
         else {
             continue;
         };
+        let authz = super::l7_authz::l7_authz_for(
+            resources,
+            waypoint,
+            &ObjectRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+        )
+        .map(Arc::new);
         for port in service.spec.ports.iter().flatten() {
             let Ok(port_number) = u16::try_from(port.port) else {
                 continue;
@@ -105,6 +117,7 @@ pub fn translate_waypoint(
                     port: port_number,
                     table: Arc::new(table),
                     from_routes,
+                    authz: authz.clone(),
                 }),
             );
         }

@@ -6,7 +6,10 @@
 //! workload's namespace (or the root namespace `istio-system`) and has no
 //! selector or its `matchLabels` are a subset of the workload's labels.
 //!
-//! L4 only: a rule carrying L7 fields (hosts, methods, paths) can never
+//! Policies with `targetRefs` are the waypoint's (`mesh_http::policy::authz`)
+//! and are not enforced here.
+//!
+//! L4 only: a rule carrying L7 fields (hosts, methods, paths, `when`) can never
 //! match in an ALLOW policy, and matches on its L4 part alone in a DENY
 //! policy (denying more, never less, like Istio's ztunnel).
 //!
@@ -83,6 +86,8 @@ impl Policies {
         let authorization = resources
             .authorization_policies
             .values()
+            // targetRefs (Service or waypoint): enforced by the waypoint at L7.
+            .filter(|p| p.spec.targets().next().is_none())
             .map(|p| Policy {
                 namespace: p.meta.namespace.clone(),
                 name: p.meta.name.clone(),
@@ -221,12 +226,14 @@ fn rule_matches(
     conn: &ConnectionAttrs<'_>,
     deny: bool,
 ) -> bool {
+    if !deny && rule.needs_l7_outside_operations() {
+        return false;
+    }
     let from_ok = rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, conn));
     let to_ok = rule.to.is_empty()
         || rule.to.iter().any(|t| {
             let op = &t.operation;
-            let has_l7 = !op.hosts.is_empty() || !op.methods.is_empty() || !op.paths.is_empty();
-            if has_l7 && !deny {
+            if op.needs_l7() && !deny {
                 return false;
             }
             let port = conn.destination_port.to_string();

@@ -126,6 +126,22 @@ fn policy_table() {
         "  rules: [{to: [{operation: {methods: [GET]}}]}]",
     );
     let other_ns = policy("other-ns", "elsewhere", "  action: ALLOW");
+    // L7 authz: a policy attached with targetRefs is the waypoint's.
+    let waypoint_deny = policy(
+        "waypoint-deny",
+        "apps",
+        "  targetRefs: [{kind: Service, group: \"\", name: b}]\n  action: DENY\n  rules: [{}]",
+    );
+    let when_allow = policy(
+        "when",
+        "apps",
+        "  rules: [{when: [{key: \"request.headers[x-a]\", values: [y]}]}]",
+    );
+    let when_deny = policy(
+        "when-deny",
+        "apps",
+        "  action: DENY\n  rules: [{when: [{key: \"request.headers[x-a]\", values: [y]}]}]",
+    );
     // (name, policies, source ip, identity, port, allowed)
     type Case<'a> = (&'a str, String, &'a str, Option<&'a str>, u16, bool);
     let cases: Vec<Case> = vec![
@@ -268,6 +284,30 @@ fn policy_table() {
         (
             "L7-only allow never matches at L4",
             l7_allow.clone(),
+            "10.0.0.2",
+            Some(A),
+            8080,
+            false,
+        ),
+        (
+            "targetRefs policy is left to the waypoint",
+            waypoint_deny.clone(),
+            "10.0.0.2",
+            Some(A),
+            8080,
+            true,
+        ),
+        (
+            "allow with an L7 condition never matches at L4",
+            when_allow.clone(),
+            "10.0.0.2",
+            Some(A),
+            8080,
+            false,
+        ),
+        (
+            "deny with an L7 condition denies on its L4 part",
+            when_deny.clone(),
             "10.0.0.2",
             Some(A),
             8080,

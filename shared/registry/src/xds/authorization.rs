@@ -7,7 +7,8 @@
 //! - an ALLOW rule with L7 fields can never match at L4: it is dropped; in a
 //!   DENY policy only the L7 fields are dropped (denying more, never less).
 //!
-//! AUDIT and CUSTOM policies are not sent (ztunnel cannot enforce them).
+//! AUDIT and CUSTOM policies are not sent (ztunnel cannot enforce them),
+//! nor policies with `targetRefs` (the waypoint enforces those).
 
 use mesh_api::istio::security::{
     string_match, Action, Address, Authorization, Group, Match, Rules, Scope, StringMatch,
@@ -25,6 +26,10 @@ pub fn authorization_of(policy: &Object<AuthorizationPolicySpec>) -> Option<Auth
         AuthorizationAction::Deny => Action::Deny,
         AuthorizationAction::Audit | AuthorizationAction::Custom => return None,
     };
+    // Attached to a Service or a waypoint (targetRefs): the waypoint enforces it.
+    if spec.targets().next().is_some() {
+        return None;
+    }
     let scope = if spec.selector.is_some() {
         Scope::WorkloadSelector
     } else if policy.meta.namespace == ROOT_NAMESPACE {
@@ -47,6 +52,9 @@ pub fn authorization_of(policy: &Object<AuthorizationPolicySpec>) -> Option<Auth
 }
 
 fn group_of(rule: &mesh_config::AuthorizationRule, action: Action) -> Option<Group> {
+    if action == Action::Allow && rule.needs_l7_outside_operations() {
+        return None;
+    }
     let mut rules = Vec::new();
     if !rule.from.is_empty() {
         rules.push(Rules {
@@ -57,8 +65,7 @@ fn group_of(rule: &mesh_config::AuthorizationRule, action: Action) -> Option<Gro
         let mut matches = Vec::new();
         for to in &rule.to {
             let op = &to.operation;
-            let has_l7 = !op.hosts.is_empty() || !op.methods.is_empty() || !op.paths.is_empty();
-            if has_l7 && action == Action::Allow {
+            if op.needs_l7() && action == Action::Allow {
                 continue;
             }
             matches.push(Match {

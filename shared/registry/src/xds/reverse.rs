@@ -278,6 +278,7 @@ fn policy_of(policy: &Authorization) -> Result<PolicyParts, String> {
                             not_namespaces: strings(&m.not_namespaces),
                             ip_blocks: cidrs(&m.source_ips),
                             not_ip_blocks: cidrs(&m.not_source_ips),
+                            ..Default::default()
                         },
                     })
                     .collect();
@@ -293,6 +294,7 @@ fn policy_of(policy: &Authorization) -> Result<PolicyParts, String> {
             selector: None,
             action,
             rules,
+            ..Default::default()
         },
     ))
 }
