@@ -64,6 +64,7 @@ const LIMITED: &str = "10.96.0.16:80";
 const FAULTY: &str = "10.96.0.17:80";
 const GRPC: &str = "10.96.0.18:9090";
 const LOST: &str = "10.96.0.19:80";
+const GRPC_LIMITED: &str = "10.96.0.20:9090";
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -193,6 +194,31 @@ spec:
   - match: [{uri: {prefix: /delay}}]
     fault: {delay: {fixedDelay: 250ms, percentage: {value: 25}}}
     route: [{destination: {host: faulty}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: grpc, namespace: apps}
+spec:
+  hosts: [grpc.apps.svc.cluster.local]
+  http:
+  - match: [{uri: {exact: /test.Echo/Flaky}}]
+    retries: {attempts: 2, retryOn: unavailable}
+    route: [{destination: {host: grpc}}]
+  - route: [{destination: {host: grpc}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: grpc-limited, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc-limited, port: 9090}]
+  rules: [{backendRefs: [{name: grpc-limited, port: 9090}]}]
+---
+apiVersion: policy.ringmesh.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: grpc-limited, namespace: apps}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: grpc-limited}
+  tokenBucket: {maxTokens: 2, fillInterval: 1h}
 "#;
 
 /// A Service (with its EndpointSlice) over `pods`; `waypoint` is the
@@ -239,6 +265,7 @@ fn config() -> String {
         ("limited", LIMITED),
         ("faulty", FAULTY),
         ("grpc", GRPC),
+        ("grpc-limited", GRPC_LIMITED),
     ] {
         yaml.push_str(&service(name, vip, &both, Some("waypoint")));
     }
@@ -541,6 +568,7 @@ fn waypoint_policy_inside() {
     fault_abort_at_its_percentage();
     fault_delay_at_its_percentage();
     grpc_unary_and_streaming_with_trailers();
+    grpc_retry_and_proxy_errors_as_grpc_status();
     missing_waypoint_is_refused(&z1);
 
     // Everything above went through the waypoint.
@@ -564,6 +592,7 @@ fn weighted_split() {
         1000,
         "{pods:?}"
     );
+    eprintln!("waypoint_policy: 80/20 split over 1,000 requests: {pods:?}");
     assert!((750..=850).contains(&one), "80/20 split: {pods:?}");
 }
 
@@ -659,10 +688,8 @@ fn failing_pod_is_ejected_and_comes_back() {
             echo1_in_a_row >= 10
         },
     );
-    assert!(
-        failures >= 3,
-        "ejected after consecutive5xxErrors: {failures}"
-    );
+    // One connection, one worker: exactly consecutive5xxErrors failures.
+    assert_eq!(failures, 3, "echo2 ejected after consecutive5xxErrors");
     *APPS.failing.lock().unwrap() = None;
     eventually(
         "echo2 back after its ejection time",
@@ -708,6 +735,7 @@ fn fault_abort_at_its_percentage() {
             _ => panic!("{r:?}"),
         }
     }
+    eprintln!("waypoint_policy: fault abort at 25%: {aborted}/1000");
     assert!((200..=300).contains(&aborted), "aborted {aborted}/1000");
 }
 
@@ -730,6 +758,7 @@ fn fault_delay_at_its_percentage() {
     })
     .into_iter()
     .sum();
+    eprintln!("waypoint_policy: fault delay at 25%: {delayed}/1000");
     assert!((200..=300).contains(&delayed), "delayed {delayed}/1000");
 }
 
@@ -738,11 +767,11 @@ fn fault_delay_at_its_percentage() {
 /// the next is sent, then ends with trailers.
 fn grpc_unary_and_streaming_with_trailers() {
     let to: SocketAddr = GRPC.parse().unwrap();
-    let calls = grpc::unary_calls(&CLIENT, to, 20);
+    let calls = grpc::unary_calls(&CLIENT, to, grpc::UNARY, "hello", 20);
     let mut pods = HashSet::new();
     for (i, call) in calls.iter().enumerate() {
         assert_eq!(call.status, 200, "{call:?}");
-        assert_eq!(call.trailer("grpc-status"), Some("0"), "{call:?}");
+        assert_eq!(call.grpc_status(), Some("0"), "{call:?}");
         let pod = call.trailer("x-served-by").expect("x-served-by trailer");
         assert_eq!(
             call.messages,
@@ -766,6 +795,38 @@ fn grpc_unary_and_streaming_with_trailers() {
     assert_eq!(call.messages, expected, "{call:?}");
     assert_eq!(call.trailer("grpc-status"), Some("0"), "{call:?}");
     assert_eq!(call.trailer("x-messages"), Some("5"), "{call:?}");
+}
+
+/// gRPC errors: a VirtualService retry on `unavailable` turns a failed
+/// call into a success (the pods saw two calls); without retries the
+/// pods see one call and the client its UNAVAILABLE; the proxy's own rate
+/// limit reaches a gRPC client as RESOURCE_EXHAUSTED (HTTP 200, trailers-only).
+fn grpc_retry_and_proxy_errors_as_grpc_status() {
+    let calls = grpc::unary_calls(&CLIENT, GRPC.parse().unwrap(), grpc::FLAKY, "retried", 3);
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call.grpc_status(), Some("0"), "retried: {call:?}");
+        assert_eq!(grpc::calls_seen(grpc::FLAKY, &format!("retried {i}")), 2);
+    }
+
+    // grpc-limited: no retries, 2 tokens.
+    let to: SocketAddr = GRPC_LIMITED.parse().unwrap();
+    let failed = &grpc::unary_calls(&CLIENT, to, grpc::FLAKY, "once", 1)[0];
+    assert_eq!(failed.grpc_status(), Some("14"), "not retried: {failed:?}");
+    assert_eq!(grpc::calls_seen(grpc::FLAKY, "once 0"), 1);
+    let ok = &grpc::unary_calls(&CLIENT, to, grpc::UNARY, "limited", 1)[0];
+    assert_eq!(ok.grpc_status(), Some("0"), "{ok:?}");
+    let limited = &grpc::unary_calls(&CLIENT, to, grpc::UNARY, "limited", 1)[0];
+    assert_eq!(limited.status, 200, "{limited:?}");
+    assert_eq!(
+        limited.grpc_status(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED: {limited:?}"
+    );
+    assert_eq!(
+        limited.header("x-ratelimit-limit"),
+        Some("2"),
+        "{limited:?}"
+    );
 }
 
 /// A Service bound to a waypoint that does not exist: the connection is

@@ -8,6 +8,8 @@
 //! - `/test.Echo/Chat` (bidirectional streaming): every request message is
 //!   answered `NAME:<message>` as soon as it arrives; at the end of the
 //!   request stream the trailers `grpc-status: 0` and `x-messages: COUNT`.
+//! - `/test.Echo/Flaky`: as Unary, except that the first call with a given
+//!   message fails (trailers-only `grpc-status: 14`, UNAVAILABLE).
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -18,6 +20,20 @@ use crate::topology::{in_netns, Pod};
 
 pub const UNARY: &str = "/test.Echo/Unary";
 pub const CHAT: &str = "/test.Echo/Chat";
+pub const FLAKY: &str = "/test.Echo/Flaky";
+
+/// Calls the apps received, by "PATH MESSAGE" (unary methods).
+static CALLS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How many calls of `path` with `message` reached the apps.
+pub fn calls_seen(path: &str, message: &str) -> usize {
+    let calls = CALLS.lock().unwrap();
+    calls
+        .get(&format!("{path} {message}"))
+        .copied()
+        .unwrap_or(0)
+}
 
 /// Starts the app inside `pod` on `port`; returns once it listens.
 pub fn spawn_grpc_app(pod: &Pod, port: u16) {
@@ -72,42 +88,72 @@ async fn serve_call(
 ) {
     let path = request.uri().path().to_string();
     let mut body = request.into_body();
-    let head = Response::builder()
-        .status(200)
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
-    let Ok(mut send) = respond.send_response(head, false) else {
-        return;
-    };
+    let streaming = path == CHAT;
+    let mut send = None;
+    if streaming {
+        match respond.send_response(grpc_head(None), false) {
+            Ok(s) => send = Some(s),
+            Err(_) => return,
+        }
+    }
     let mut frames = BytesMut::new();
     let mut count = 0usize;
-    let mut unary_reply = None;
+    let mut unary_request = None;
     while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
         frames.extend_from_slice(&chunk);
         while let Some(message) = next_message(&mut frames) {
             count += 1;
-            if path == CHAT {
-                if send
-                    .send_data(frame(&format!("{name}:{message}")), false)
-                    .is_err()
-                {
-                    return;
+            match send.as_mut() {
+                Some(send) => {
+                    if send
+                        .send_data(frame(&format!("{name}:{message}")), false)
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            } else {
-                unary_reply = Some(format!("pod={name} {message}"));
+                None => unary_request = Some(message),
             }
         }
     }
-    if let Some(reply) = unary_reply {
-        let _ = send.send_data(frame(&reply), false);
-    }
+    let mut send = match send {
+        Some(send) => send,
+        None => {
+            let message = unary_request.unwrap_or_default();
+            let times = {
+                let mut calls = CALLS.lock().unwrap();
+                let n = calls.entry(format!("{path} {message}")).or_default();
+                *n += 1;
+                *n
+            };
+            if path == FLAKY && times == 1 {
+                let _ = respond.send_response(grpc_head(Some("14")), true);
+                return;
+            }
+            let Ok(mut send) = respond.send_response(grpc_head(None), false) else {
+                return;
+            };
+            let _ = send.send_data(frame(&format!("pod={name} {message}")), false);
+            send
+        }
+    };
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", "0".parse().unwrap());
     trailers.insert("x-served-by", name.parse().unwrap());
     trailers.insert("x-messages", count.to_string().parse().unwrap());
     let _ = send.send_trailers(trailers);
+}
+
+/// A gRPC response head; with `status`, a trailers-only answer.
+fn grpc_head(status: Option<&str>) -> Response<()> {
+    let mut head = Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc");
+    if let Some(status) = status {
+        head = head.header("grpc-status", status);
+    }
+    head.body(()).unwrap()
 }
 
 /// One length-prefixed message (uncompressed).
@@ -137,6 +183,7 @@ fn next_message(buf: &mut BytesMut) -> Option<String> {
 #[derive(Debug)]
 pub struct Call {
     pub status: u16,
+    pub headers: HeaderMap,
     pub messages: Vec<String>,
     pub trailers: HeaderMap,
 }
@@ -145,18 +192,34 @@ impl Call {
     pub fn trailer(&self, name: &str) -> Option<&str> {
         self.trailers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// From the trailers, or the headers of a trailers-only answer.
+    pub fn grpc_status(&self) -> Option<&str> {
+        self.trailer("grpc-status").or(self.header("grpc-status"))
+    }
 }
 
-/// From inside `pod`: `n` unary calls on one HTTP/2 connection to `to`.
-pub fn unary_calls(pod: &Pod, to: SocketAddr, n: usize) -> Vec<Call> {
+/// From inside `pod`: `n` unary calls of `path` (messages `TAG 0`,
+/// `TAG 1`, ...) on one HTTP/2 connection to `to`.
+pub fn unary_calls(
+    pod: &Pod,
+    to: SocketAddr,
+    path: &'static str,
+    tag: &'static str,
+    n: usize,
+) -> Vec<Call> {
     with_connection(pod, to, move |mut client| async move {
         let mut calls = Vec::new();
         for i in 0..n {
             let (response, mut stream) = client
-                .send_request(grpc_request(to, UNARY), false)
+                .send_request(grpc_request(to, path), false)
                 .expect("send unary call");
             stream
-                .send_data(frame(&format!("hello {i}")), true)
+                .send_data(frame(&format!("{tag} {i}")), true)
                 .unwrap();
             calls.push(finish(response, Vec::new()).await);
             client = client.ready().await.expect("connection ready");
@@ -175,6 +238,7 @@ pub fn chat(pod: &Pod, to: SocketAddr, messages: &'static [&'static str]) -> Cal
             .expect("start streaming call");
         let response = response.await.expect("response head");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let mut body = response.into_body();
         let mut frames = BytesMut::new();
         let mut received = Vec::new();
@@ -201,6 +265,7 @@ pub fn chat(pod: &Pod, to: SocketAddr, messages: &'static [&'static str]) -> Cal
         let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
         Call {
             status,
+            headers,
             messages: received,
             trailers,
         }
@@ -220,6 +285,7 @@ fn grpc_request(to: SocketAddr, path: &str) -> Request<()> {
 async fn finish(response: h2::client::ResponseFuture, mut messages: Vec<String>) -> Call {
     let response = response.await.expect("response head");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut frames = BytesMut::new();
     while let Some(chunk) = body.data().await {
@@ -233,6 +299,7 @@ async fn finish(response: h2::client::ResponseFuture, mut messages: Vec<String>)
     let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
     Call {
         status,
+        headers,
         messages,
         trailers,
     }
