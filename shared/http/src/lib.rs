@@ -8,6 +8,7 @@
 //! response back. Bodies stream in both directions, never buffered whole.
 //! The worker's runtime must have its timer enabled (`enable_timer()`).
 
+pub mod access_log;
 pub mod body;
 pub mod codec;
 pub mod filters;

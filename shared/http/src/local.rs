@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use mesh_registry::Cluster;
 
+use crate::access_log::{self, RequestLog};
 use crate::body::{BodyError, BodyReader};
 use crate::codec::headers::write_header;
 use crate::codec::wire::{write_decimal, write_status_line};
@@ -53,6 +54,8 @@ pub(crate) async fn send_error<S: ClientStream>(
     let body = format!("{reason}\n");
     let _ = write_local(c, status, &Headers::default(), &body, true).await;
     h.metrics.record_request(status, None, Duration::ZERO);
+    let log = c.access.take().or_else(RequestLog::unparsed);
+    access_log::local_answer(log, status, &body, Instant::now());
 }
 
 /// A gateway answer to a request that was parsed fine: kept alive when the
@@ -72,6 +75,7 @@ pub(crate) async fn answer<S: ClientStream>(
     let keep = req.keep_alive && reader.is_done() && !c.drain.is_draining();
     let r = write_local(c, status, headers, body, !keep).await;
     h.metrics.record_request(status, cluster, start.elapsed());
+    access_log::local_answer(c.access.take(), status, body, start);
     if keep && r.is_ok() {
         Outcome::KeepAlive
     } else {
@@ -92,7 +96,12 @@ pub(crate) async fn body_failure<S: ClientStream>(
         BodyError::TooLarge => send_error(h, c, 413, "request body too large").await,
         BodyError::Malformed(why) => send_error(h, c, 400, why).await,
         BodyError::Timeout => send_error(h, c, 408, "request body timeout").await,
-        BodyError::Io(_) | BodyError::UnexpectedEof => {}
+        // The client went away: Envoy logs status 0 with DC.
+        BodyError::Io(_) | BodyError::UnexpectedEof => {
+            if let Some(log) = c.access.take() {
+                log.emit(0, "DC", 0, Instant::now());
+            }
+        }
     }
     Outcome::Close
 }

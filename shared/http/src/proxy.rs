@@ -42,6 +42,12 @@ pub(crate) async fn handle<S: ClientStream>(
     mut req: RequestHead,
 ) -> Outcome {
     let start = Instant::now();
+    let protocol = if req.minor_version == 1 {
+        "HTTP/1.1"
+    } else {
+        "HTTP/1.0"
+    };
+    c.access = crate::access_log::RequestLog::capture(&req, protocol);
     let reader = BodyReader::new(req.body, h.options.max_request_body_bytes)
         .with_idle_timeout(Some(h.options.body_idle_timeout));
     if let (BodyKind::Length(n), Some(limit)) = (req.body, h.options.max_request_body_bytes) {
@@ -224,6 +230,11 @@ async fn forward<S: ClientStream>(
     let out_framing = upstream_body.framing();
     let mut id_buf = [0u8; 36];
     let request_id = new_request_id(&req.headers, &mut *h.rng.borrow_mut(), &mut id_buf);
+    if let Some(log) = c.access.as_mut() {
+        if !request_id.is_empty() {
+            log.request_id = Some(String::from_utf8_lossy(request_id).into_owned());
+        }
+    }
     let client_ip = c.peer.ip();
     let body_len = buffered.as_ref().map_or(0, Bytes::len);
     // The connection's scratch buffer, reclaimed after the tries below.
@@ -333,6 +344,9 @@ async fn forward<S: ClientStream>(
         Ok(r) => r,
         Err(AttemptError::Client(e)) => return body_failure(h, c, e, false).await,
         Err(e) => {
+            if let (Some(log), AttemptError::Reset { .. }, 1) = (c.access.as_mut(), &e, tries) {
+                log.flags = Some("UC");
+            }
             let (status, text) = match e {
                 AttemptError::Timeout => (504, "upstream request timeout\n"),
                 AttemptError::BadResponse => (502, "invalid upstream response\n"),
@@ -445,6 +459,7 @@ async fn respond<S: ClientStream>(
         out.extend_from_slice(b"\r\n");
         h.metrics
             .record_request(status, Some(cluster), start.elapsed());
+        finish_log(c, status, &headers, addr, 0, start);
         if flush(&mut c.io.stream, &mut c.wbuf).await.is_err() {
             return Outcome::Close;
         }
@@ -461,6 +476,11 @@ async fn respond<S: ClientStream>(
     let copied = copy_body(&mut body, &mut up, &mut c.io.stream, framing, &mut c.wbuf).await;
     h.metrics
         .record_request(status, Some(cluster), start.elapsed());
+    let sent_bytes = match resp.body {
+        BodyKind::Length(n) if !head_request => n,
+        _ => 0,
+    };
+    finish_log(c, status, &headers, addr, sent_bytes, start);
     match copied {
         Ok(()) => {
             if resp.keep_alive && body.is_done() && h.policy.keep_connection(cluster, &up) {
@@ -475,5 +495,21 @@ async fn respond<S: ClientStream>(
         // Upstream broke mid-body or the client went away: the response is
         // truncated, so the only honest signal left is closing.
         Err(_) => Outcome::Close,
+    }
+}
+
+/// The access log line of a proxied response.
+fn finish_log<S: ClientStream>(
+    c: &mut Client<S>,
+    status: u16,
+    headers: &Headers,
+    upstream: SocketAddr,
+    bytes_sent: u64,
+    start: Instant,
+) {
+    if let Some(mut log) = c.access.take() {
+        log.upstream_host = Some(upstream);
+        log.upstream_service_ms = Some(crate::access_log::service_time_of(headers));
+        log.emit(status, "-", bytes_sent, start);
     }
 }

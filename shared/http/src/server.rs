@@ -39,6 +39,8 @@ pub(crate) struct Client<S> {
     pub service: Option<SocketAddr>,
     /// Waypoint: the HBONE peer's SPIFFE identity (L7 AuthorizationPolicy).
     pub peer_identity: Option<std::rc::Rc<str>>,
+    /// The current request's access log fields (None when logging is off).
+    pub access: Option<crate::access_log::RequestLog>,
 }
 
 pub(crate) async fn serve(handler: Rc<HttpHandler>, conn: Accepted) {
@@ -200,6 +202,7 @@ async fn serve_connection<S: ClientStream>(
         sni,
         service,
         peer_identity,
+        access: None,
     };
     let mut first = true;
     loop {

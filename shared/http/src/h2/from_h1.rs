@@ -162,6 +162,7 @@ async fn reply<S: ClientStream>(
     let cl = Some(&**cluster);
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
+    let picked_addr = picked.addr;
     let mut headers = super::translate::headers_from_map(&parts.headers);
     policy::decorate_response(&mut headers, sent, picked.set_cookie);
     for m in &plan.response_modifiers {
@@ -173,6 +174,11 @@ async fn reply<S: ClientStream>(
     let keep = body_sent && reader.is_done() && req.keep_alive && !c.drain.is_draining();
     let copied = respond(c, req, status, &headers, body, keep).await;
     h.metrics.record_request(status, cl, start.elapsed());
+    if let Some(mut log) = c.access.take() {
+        log.upstream_host = Some(picked_addr);
+        log.upstream_service_ms = Some(crate::access_log::service_time_of(&headers));
+        log.emit(status, "-", 0, start);
+    }
     if copied && keep {
         Outcome::KeepAlive
     } else {

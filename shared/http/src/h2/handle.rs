@@ -28,6 +28,8 @@ pub(crate) struct Stream<'a> {
     /// The request is gRPC: the proxy's own errors become gRPC statuses.
     pub grpc: bool,
     pub start: Instant,
+    /// The access log line's fields (None when access logging is off).
+    pub access: Option<crate::access_log::RequestLog>,
 }
 
 impl Stream<'_> {
@@ -51,6 +53,10 @@ impl Stream<'_> {
             self.h
                 .metrics
                 .record_request(200, cluster, self.start.elapsed());
+            if let Some(log) = self.access.take() {
+                let flags = crate::access_log::flags_for_local(status, text);
+                log.emit(200, flags, 0, self.start);
+            }
             return;
         }
         let mut resp = Response::new(());
@@ -72,6 +78,26 @@ impl Stream<'_> {
         self.h
             .metrics
             .record_request(status, cluster, self.start.elapsed());
+        crate::access_log::local_answer(self.access.take(), status, text, self.start);
+    }
+
+    /// A proxied response is done: metrics and the access log line.
+    pub(crate) fn finish(
+        &mut self,
+        status: u16,
+        cluster: &Cluster,
+        upstream: std::net::SocketAddr,
+        service_ms: u128,
+        bytes_sent: Option<u64>,
+    ) {
+        self.h
+            .metrics
+            .record_request(status, Some(cluster), self.start.elapsed());
+        if let Some(mut log) = self.access.take() {
+            log.upstream_host = Some(upstream);
+            log.upstream_service_ms = Some(service_ms);
+            log.emit(status, "-", bytes_sent.unwrap_or(0), self.start);
+        }
     }
 }
 
@@ -91,6 +117,9 @@ impl Stream<'_> {
                 self.h
                     .metrics
                     .record_request(200, None, self.start.elapsed());
+                if let Some(log) = self.access.take() {
+                    log.emit(200, "FI", 0, self.start);
+                }
             }
             mesh_registry::AbortStatus::Grpc(_) => {
                 self.local(200, &Headers::default(), ABORT_BODY, None)
@@ -112,6 +141,7 @@ pub(crate) async fn serve_request(
         respond,
         grpc: grpc::is_grpc(&parts.headers),
         start: Instant::now(),
+        access: None,
     };
     let none = Headers::default();
     let mut req = match translate::request_head(&parts, body.is_end_stream()) {
@@ -119,6 +149,7 @@ pub(crate) async fn serve_request(
         Err(why) => return s.local(400, &none, &format!("{why}\n"), None),
     };
     drop(parts);
+    s.access = crate::access_log::RequestLog::capture(&req, "HTTP/2");
     if let (BodyKind::Length(n), Some(limit)) = (req.body, h.options.max_request_body_bytes) {
         if n > limit {
             return s.local(413, &none, "request body too large\n", None);

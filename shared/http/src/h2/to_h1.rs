@@ -337,6 +337,7 @@ async fn respond(
     if let Some(p) = plan.cors {
         cors::response_headers(p, req, &mut headers);
     }
+    let service_ms = crate::access_log::service_time_of(&headers);
     let head_request = req.method_is("HEAD");
     let content_length = match resp.body {
         BodyKind::Length(n) => Some(n),
@@ -353,8 +354,7 @@ async fn respond(
     let mut send = match s.respond.send_response(response, end) {
         Ok(send) => send,
         Err(_) => {
-            h.metrics
-                .record_request(status, Some(cluster), s.start.elapsed());
+            s.finish(status, cluster, addr, service_ms, content_length);
             return;
         }
     };
@@ -386,8 +386,7 @@ async fn respond(
             }
         }
     }
-    h.metrics
-        .record_request(status, Some(cluster), s.start.elapsed());
+    s.finish(status, cluster, addr, service_ms, content_length);
     if clean && resp.keep_alive && h.policy.keep_connection(cluster, &up) {
         h.pool.put(addr, up);
     }

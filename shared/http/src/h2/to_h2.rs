@@ -188,8 +188,8 @@ pub(crate) async fn forward(
         Ok(client_send) if !end => pump(up_body, client_send).await,
         _ => {}
     }
-    h.metrics
-        .record_request(status, Some(cluster), s.start.elapsed());
+    let service_ms = value.parse().unwrap_or(0);
+    s.finish(status, cluster, addr, service_ms, None);
 }
 
 pub(super) enum Failure {
