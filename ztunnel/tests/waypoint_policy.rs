@@ -65,6 +65,7 @@ const FAULTY: &str = "10.96.0.17:80";
 const GRPC: &str = "10.96.0.18:9090";
 const LOST: &str = "10.96.0.19:80";
 const GRPC_LIMITED: &str = "10.96.0.20:9090";
+const GRPC_POOL: &str = "10.96.0.21:9090";
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -204,6 +205,9 @@ spec:
   - match: [{uri: {exact: /test.Echo/Flaky}}]
     retries: {attempts: 2, retryOn: unavailable}
     route: [{destination: {host: grpc}}]
+  - match: [{uri: {exact: /test.Echo/Slow}}]
+    timeout: 300ms
+    route: [{destination: {host: grpc}}]
   - route: [{destination: {host: grpc}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -219,6 +223,15 @@ metadata: {name: grpc-limited, namespace: apps}
 spec:
   targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: grpc-limited}
   tokenBucket: {maxTokens: 2, fillInterval: 1h}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: grpc-pool, namespace: apps}
+spec:
+  host: grpc-pool
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 1}
 "#;
 
 /// A Service (with its EndpointSlice) over `pods`; `waypoint` is the
@@ -266,6 +279,7 @@ fn config() -> String {
         ("faulty", FAULTY),
         ("grpc", GRPC),
         ("grpc-limited", GRPC_LIMITED),
+        ("grpc-pool", GRPC_POOL),
     ] {
         yaml.push_str(&service(name, vip, &both, Some("waypoint")));
     }
@@ -560,6 +574,7 @@ fn waypoint_policy_inside() {
     weighted_split();
     retry_turns_503_into_200();
     post_without_retry_is_sent_once();
+    post_is_retried_only_when_its_body_was_buffered();
     timeout_gives_504();
     consistent_hash_keeps_a_key_on_one_pod();
     overloaded_pool_answers_503_overloaded();
@@ -569,6 +584,7 @@ fn waypoint_policy_inside() {
     fault_delay_at_its_percentage();
     grpc_unary_and_streaming_with_trailers();
     grpc_retry_and_proxy_errors_as_grpc_status();
+    grpc_timeout_and_overload_as_grpc_status();
     missing_waypoint_is_refused(&z1);
 
     // Everything above went through the waypoint.
@@ -610,6 +626,28 @@ fn retry_turns_503_into_200() {
             "{path}: one failure, one retry"
         );
     }
+}
+
+/// A POST on the retried route: a small body (read whole, within the
+/// engine's 64 KiB buffer) is replayed; a 100 KiB body, streamed to the pod
+/// as it came, is never replayed: the client gets the pod's 503.
+fn post_is_retried_only_when_its_body_was_buffered() {
+    let mut client = Client::new(ECHO);
+    let r = client.send("POST", "/retry/flaky/small-post", &[], &"s".repeat(1024));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(times_seen("POST", "/retry/flaky/small-post"), 2);
+    let r = client.send(
+        "POST",
+        "/retry/flaky/big-post",
+        &[],
+        &"b".repeat(100 * 1024),
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        times_seen("POST", "/retry/flaky/big-post"),
+        1,
+        "streamed body sent once"
+    );
 }
 
 /// The default rule has no retry: a POST answered 503 reached the pods once.
@@ -827,6 +865,29 @@ fn grpc_retry_and_proxy_errors_as_grpc_status() {
         Some("2"),
         "{limited:?}"
     );
+}
+
+/// A VirtualService `timeout: 300ms` on a 3 s call: DEADLINE_EXCEEDED. A
+/// DestinationRule `http2MaxRequests: 1`: of 4 slow calls multiplexed on
+/// one connection at most 2 are served (1 active + 1 pending), the others
+/// are UNAVAILABLE with `x-envoy-overloaded`.
+fn grpc_timeout_and_overload_as_grpc_status() {
+    let to: SocketAddr = GRPC.parse().unwrap();
+    let late = &grpc::concurrent_calls(&CLIENT, to, grpc::SLOW, vec!["3000".into()])[0];
+    assert_eq!(late.status, 200, "{late:?}");
+    assert_eq!(late.grpc_status(), Some("4"), "DEADLINE_EXCEEDED: {late:?}");
+
+    let to: SocketAddr = GRPC_POOL.parse().unwrap();
+    let calls = grpc::concurrent_calls(&CLIENT, to, grpc::SLOW, vec!["1500".into(); 4]);
+    let ok = calls
+        .iter()
+        .filter(|c| c.grpc_status() == Some("0"))
+        .count();
+    assert!((1..=2).contains(&ok), "{calls:?}");
+    for call in calls.iter().filter(|c| c.grpc_status() != Some("0")) {
+        assert_eq!(call.grpc_status(), Some("14"), "{call:?}");
+        assert_eq!(call.header("x-envoy-overloaded"), Some("true"), "{call:?}");
+    }
 }
 
 /// A Service bound to a waypoint that does not exist: the connection is

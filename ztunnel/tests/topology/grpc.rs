@@ -10,6 +10,8 @@
 //!   request stream the trailers `grpc-status: 0` and `x-messages: COUNT`.
 //! - `/test.Echo/Flaky`: as Unary, except that the first call with a given
 //!   message fails (trailers-only `grpc-status: 14`, UNAVAILABLE).
+//! - `/test.Echo/Slow`: as Unary, after waiting the message's number of
+//!   milliseconds.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -21,6 +23,7 @@ use crate::topology::{in_netns, Pod};
 pub const UNARY: &str = "/test.Echo/Unary";
 pub const CHAT: &str = "/test.Echo/Chat";
 pub const FLAKY: &str = "/test.Echo/Flaky";
+pub const SLOW: &str = "/test.Echo/Slow";
 
 /// Calls the apps received, by "PATH MESSAGE" (unary methods).
 static CALLS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
@@ -131,6 +134,10 @@ async fn serve_call(
                 let _ = respond.send_response(grpc_head(Some("14")), true);
                 return;
             }
+            if path == SLOW {
+                let ms = message.parse().unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let Ok(mut send) = respond.send_response(grpc_head(None), false) else {
                 return;
             };
@@ -223,6 +230,32 @@ pub fn unary_calls(
                 .unwrap();
             calls.push(finish(response, Vec::new()).await);
             client = client.ready().await.expect("connection ready");
+        }
+        calls
+    })
+}
+
+/// From inside `pod`: `messages.len()` calls of `path` at once, multiplexed
+/// on one HTTP/2 connection to `to`.
+pub fn concurrent_calls(
+    pod: &Pod,
+    to: SocketAddr,
+    path: &'static str,
+    messages: Vec<String>,
+) -> Vec<Call> {
+    with_connection(pod, to, move |client| async move {
+        let mut pending = Vec::new();
+        for m in messages {
+            let mut client = client.clone().ready().await.expect("connection ready");
+            let (response, mut stream) = client
+                .send_request(grpc_request(to, path), false)
+                .expect("send call");
+            stream.send_data(frame(&m), true).unwrap();
+            pending.push(tokio::task::spawn_local(finish(response, Vec::new())));
+        }
+        let mut calls = Vec::new();
+        for p in pending {
+            calls.push(p.await.expect("call task"));
         }
         calls
     })
