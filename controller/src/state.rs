@@ -124,7 +124,8 @@ impl Controller {
                 &loaded.resources,
                 &registry.waypoints,
             ));
-        let proxies = self.gateway_proxies(&loaded, &status);
+        let mut proxies = self.gateway_proxies(&loaded, &status);
+        proxies.extend(self.waypoint_proxies(&loaded.resources, &registry));
         let (addresses, authorizations) =
             (resources.address_anys(), resources.authorization_anys());
         let counts = (addresses.len(), authorizations.len(), proxies.len());
@@ -182,6 +183,36 @@ impl Controller {
                     if let Some(last) = self.xds.get(type_url::L7_PROXY, &name) {
                         out.push((name, last.resource));
                     }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Controller {
+    /// One `ringmesh.l7.v1.Proxy` per waypoint (kind WAYPOINT), translated exactly as
+    /// `waypoint --config .. --name NS/NAME` would. A waypoint that cannot be encoded (its
+    /// L7 AuthorizationPolicies do not travel yet) is withdrawn, not kept at its last
+    /// version: serving the old routes without the new policies would fail open.
+    fn waypoint_proxies(
+        &self,
+        resources: &Resources,
+        registry: &WorkloadRegistry,
+    ) -> Vec<(String, mesh_api::prost_types::Any)> {
+        let mut out = Vec::new();
+        for waypoint in registry.waypoints.waypoints.values() {
+            let waypoint = mesh_registry::ObjectRef {
+                namespace: waypoint.namespace.clone(),
+                name: waypoint.name.clone(),
+            };
+            let name = l7::resource_name(&waypoint);
+            let snapshot =
+                mesh_registry::translate_waypoint(resources, &registry.waypoints, &waypoint);
+            match l7::waypoint_proxy_of(&snapshot, &waypoint, resources) {
+                Ok(proxy) => out.push((name, l7::to_any(&proxy))),
+                Err(e) => {
+                    tracing::error!(waypoint = %name, error = %e, "cannot publish the waypoint's L7 config; withdrawn (it serves no Service until this is fixed)");
                 }
             }
         }

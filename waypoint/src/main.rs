@@ -4,8 +4,10 @@
 //! Service `VIP:port` served by the shared L7 engine as HTTP/1.1 and routed
 //! by that Service (GAMMA HTTPRoutes, else its endpoints), then HBONE out to
 //! the chosen endpoint (`podIP:15008`, `:authority podIP:targetPort`).
+//! Connected mode (`--xds`, src/connected.rs): the same from the controller.
 //! Only flags and composition live here.
 
+mod connected;
 mod metrics;
 mod tunnels;
 
@@ -31,16 +33,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "waypoint", version)]
 struct Args {
     /// YAML file or folder: the waypoint Gateway, Services, EndpointSlices,
-    /// Pods, HTTPRoutes (parentRef Service), Namespaces.
-    #[arg(long)]
-    config: PathBuf,
+    /// Pods, HTTPRoutes (parentRef Service), Namespaces (standalone mode).
+    #[arg(long, required_unless_present = "xds")]
+    config: Option<PathBuf>,
     /// Which waypoint this is: `NAMESPACE/NAME` of its Gateway.
     #[arg(long, value_parser = parse_name)]
     name: ObjectRef,
     /// CA folder (`root-cert.pem`, `ca-key.pem`) shared with the ztunnels:
-    /// the waypoint mints its own certificate from it.
-    #[arg(long)]
-    ca_dir: PathBuf,
+    /// the waypoint mints its own certificate from it (standalone mode).
+    #[arg(long, required_unless_present = "xds")]
+    ca_dir: Option<PathBuf>,
+    #[command(flatten)]
+    connected: connected::ConnectedArgs,
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// HBONE listener.
@@ -118,8 +122,48 @@ fn load(
     Ok((registry, snapshot))
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let (registry, snapshot) = load(&args.config, &args.name, &args.trust_domain)?;
+/// Where the waypoint's configuration and certificate come from.
+struct Sources {
+    tls: Arc<mesh_tls::HboneTls>,
+    registry: Arc<ArcSwap<WorkloadRegistry>>,
+    /// Connected mode's `/metrics` series.
+    xds_metrics: Option<Arc<connected::XdsMetrics>>,
+}
+
+/// Connected mode: certificate, registry and snapshots from the controller.
+fn connect(
+    args: &Args,
+    address: &str,
+    snapshots: &mesh_registry::SnapshotHandle,
+) -> anyhow::Result<Sources> {
+    let node = args
+        .connected
+        .node
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--xds needs --node"))?;
+    let started = connected::start(
+        &args.connected,
+        address,
+        node,
+        &args.name,
+        &args.trust_domain,
+        snapshots,
+    )?;
+    Ok(Sources {
+        tls: started.tls,
+        registry: started.registry,
+        xds_metrics: Some(started.metrics),
+    })
+}
+
+/// Standalone mode: the config folder (watched) and a certificate minted from the CA folder.
+fn standalone(
+    args: &Args,
+    config: &Path,
+    ca_dir: &Path,
+    snapshots: &mesh_registry::SnapshotHandle,
+) -> anyhow::Result<Sources> {
+    let (registry, snapshot) = load(config, &args.name, &args.trust_domain)?;
     tracing::info!(waypoint = %args.name, services = snapshot.services.by_vip.len(), "configuration loaded");
 
     // Our identity: the waypoint pods' service account, else Istio's
@@ -134,10 +178,32 @@ fn run(args: Args) -> anyhow::Result<()> {
     let identity: Identity = identity
         .parse()
         .map_err(|e| anyhow::anyhow!("waypoint identity {identity}: {e}"))?;
-    let mut certs = LocalCertificates::from_ca_dir(&args.ca_dir, &args.trust_domain)?;
+    let mut certs = LocalCertificates::from_ca_dir(ca_dir, &args.trust_domain)?;
     let tls = certs.tls_for(&identity)?;
     tracing::info!(%identity, "workload certificate issued");
     certs.spawn_renewal("waypoint-cert-renewal")?;
+    mesh_runtime::publish(snapshots, snapshot);
+    Ok(Sources {
+        tls,
+        registry: Arc::new(ArcSwap::from_pointee(registry)),
+        xds_metrics: None,
+    })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let snapshots = mesh_registry::new_handle(Snapshot::default());
+    let sources = match (&args.connected.xds, &args.config, &args.ca_dir) {
+        (Some(address), _, _) => connect(&args, address, &snapshots)?,
+        (None, Some(config), Some(ca_dir)) => standalone(&args, config, ca_dir, &snapshots)?,
+        _ => anyhow::bail!(
+            "standalone mode needs --config and --ca-dir (or --xds for connected mode)"
+        ),
+    };
+    let Sources {
+        tls,
+        registry,
+        xds_metrics,
+    } = sources;
 
     let options = RuntimeOptions {
         workers: args.workers.unwrap_or_else(mesh_runtime::default_workers),
@@ -152,29 +218,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         http_metrics.clone(),
         args.name.to_string(),
     ));
-    let registry = Arc::new(ArcSwap::from_pointee(registry));
-    let snapshots = mesh_registry::new_handle(Snapshot::default());
-    mesh_runtime::publish(&snapshots, snapshot);
     let mut runtime = mesh_runtime::Runtime::new(options, snapshots.clone());
     runtime.add_metrics(metrics.clone());
+    if let Some(xds_metrics) = xds_metrics {
+        runtime.add_metrics(xds_metrics);
+    }
     let dump_snapshots = snapshots.clone();
     runtime.set_config_dump(Arc::new(move || {
         serde_json::to_value(&dump_snapshots.load().services).unwrap_or_default()
     }));
-    let reload = (
-        args.config.clone(),
-        args.name.clone(),
-        args.trust_domain.clone(),
-    );
-    let reload_registry = registry.clone();
-    runtime.watch_config(
-        args.config.clone(),
-        Box::new(move || {
-            let (registry, snapshot) = load(&reload.0, &reload.1, &reload.2)?;
-            reload_registry.store(Arc::new(registry));
-            Ok(snapshot)
-        }),
-    );
+    if let (None, Some(config)) = (&args.connected.xds, &args.config) {
+        let reload = (config.clone(), args.name.clone(), args.trust_domain.clone());
+        let reload_registry = registry.clone();
+        runtime.watch_config(
+            config.clone(),
+            Box::new(move || {
+                let (registry, snapshot) = load(&reload.0, &reload.1, &reload.2)?;
+                reload_registry.store(Arc::new(registry));
+                Ok(snapshot)
+            }),
+        );
+    }
 
     let hbone_addr = args.hbone_addr;
     let http_options = mesh_http::HttpOptions::default();

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod ca_client;
+pub mod connected;
 pub mod client;
 pub mod server;
 mod version;

@@ -8,6 +8,7 @@
 
 mod authorization;
 pub mod l7;
+mod proxy_registry;
 mod reverse;
 mod services;
 mod workloads;
@@ -20,6 +21,7 @@ use mesh_config::Resources;
 use crate::workloads::WorkloadRegistry;
 
 pub use authorization::authorization_of;
+pub use proxy_registry::proxy_registry;
 pub use reverse::{decode_all, LocalNetns, POLICY_MARKER_LABEL_PREFIX};
 pub use services::{service_hostname, WAYPOINT_LABEL};
 pub use workloads::workload_uid;

@@ -44,6 +44,9 @@ pub fn snapshot_of(proxy: &pb::Proxy) -> Result<Snapshot, String> {
         .map(|(i, r)| decoder.rule(r).map_err(|e| format!("rules[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
 
+    if proxy.kind() == pb::ProxyKind::Waypoint {
+        return decoder.waypoint(proxy, &rules);
+    }
     let mut by_port: BTreeMap<u16, Vec<&pb::Listener>> = BTreeMap::new();
     for l in &proxy.listeners {
         let port = u16::try_from(l.port)
@@ -130,6 +133,58 @@ fn place<T>(
 }
 
 impl Decoder<'_> {
+    /// A waypoint's Proxy: every listener is one Service port (HBONE), routed
+    /// by its single host group.
+    fn waypoint(
+        &mut self,
+        proxy: &pb::Proxy,
+        rules: &[Arc<RouteRule>],
+    ) -> Result<Snapshot, String> {
+        let mut services = crate::service_routes::ServiceRoutes::default();
+        for l in &proxy.listeners {
+            let context = |e: String| format!("listener {}: {e}", l.name);
+            if l.protocol != pb::ListenerProtocol::Hbone as i32 {
+                return Err(context(
+                    "a waypoint serves only HBONE (Service port) listeners".into(),
+                ));
+            }
+            let service = object_ref(&l.name, "name").map_err(context)?;
+            let ip: IpAddr = l
+                .hostname
+                .parse()
+                .map_err(|_| context(format!("hostname {:?} is not a VIP", l.hostname)))?;
+            let port = u16::try_from(l.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| context(format!("invalid port {}", l.port)))?;
+            let [host] = l.virtual_hosts.as_slice() else {
+                return Err(context("a Service port has exactly one host group".into()));
+            };
+            let hosts = self
+                .virtual_hosts(std::slice::from_ref(host), rules)
+                .map_err(context)?;
+            let table = hosts
+                .any
+                .ok_or_else(|| context("the host group must match any host".into()))?;
+            let vip = SocketAddr::new(ip, port);
+            let route = crate::service_routes::ServiceRoute {
+                service,
+                port,
+                table,
+                from_routes: !l.default_service_route,
+                authz: None,
+            };
+            if services.by_vip.insert(vip, Arc::new(route)).is_some() {
+                return Err(context(format!("{vip} appears twice")));
+            }
+        }
+        Ok(Snapshot {
+            version: 0,
+            services,
+            ..Default::default()
+        })
+    }
+
     fn port(
         &mut self,
         port: u16,

@@ -52,6 +52,61 @@ pub fn proxy_of(
     })
 }
 
+/// The Proxy resource for waypoint `waypoint`, from the snapshot that
+/// `translate_waypoint` built: one HBONE listener per bound Service port
+/// (name `NS/SERVICE`, hostname the VIP, port the Service port) whose single
+/// host group is that port's route table. Err: something a connected
+/// waypoint could not enforce exactly (L7 AuthorizationPolicies are not
+/// carried yet, so such a waypoint is not published rather than served
+/// without its policies).
+pub fn waypoint_proxy_of(
+    snapshot: &Snapshot,
+    waypoint: &ObjectRef,
+    resources: &Resources,
+) -> Result<pb::Proxy, String> {
+    let mut encoder = Encoder {
+        resources,
+        gateway: waypoint,
+        rules: Vec::new(),
+        rule_ids: HashMap::new(),
+        backends: Vec::new(),
+        backend_ids: HashMap::new(),
+    };
+    let mut routes: Vec<_> = snapshot.services.by_vip.iter().collect();
+    routes.sort_by_key(|(vip, _)| **vip);
+    let mut listeners = Vec::new();
+    for (vip, route) in routes {
+        if route.authz.is_some() {
+            return Err(format!(
+                "Service {}/{} port {}: L7 AuthorizationPolicies are not carried over xDS yet",
+                route.service.namespace, route.service.name, route.port
+            ));
+        }
+        let entries = encoder.route_entries(&route.table);
+        listeners.push(pb::Listener {
+            name: format!("{}/{}", route.service.namespace, route.service.name),
+            port: u32::from(vip.port()),
+            protocol: pb::ListenerProtocol::Hbone as i32,
+            hostname: vip.ip().to_string(),
+            virtual_hosts: vec![pb::VirtualHost {
+                hostname: String::new(),
+                entries,
+            }],
+            default_service_route: !route.from_routes,
+            ..Default::default()
+        });
+    }
+    Ok(pb::Proxy {
+        name: waypoint.name.clone(),
+        namespace: waypoint.namespace.clone(),
+        kind: pb::ProxyKind::Waypoint as i32,
+        listeners,
+        backends: encoder.backends,
+        policies: Vec::new(),
+        rules: encoder.rules,
+    })
+}
+
 struct Encoder<'a> {
     resources: &'a Resources,
     gateway: &'a ObjectRef,
@@ -137,6 +192,7 @@ impl Encoder<'_> {
                 certificate,
                 virtual_hosts,
                 l4_routes: Vec::new(),
+                default_service_route: false,
             });
         }
         Ok(())
@@ -183,14 +239,18 @@ impl Encoder<'_> {
             .into_iter()
             .map(|(hostname, table)| pb::VirtualHost {
                 hostname,
-                entries: table
-                    .entries
-                    .iter()
-                    .map(|e| pb::RouteEntry {
-                        r#match: Some(route_match(&e.matcher)),
-                        rule: self.rule(&e.rule),
-                    })
-                    .collect(),
+                entries: self.route_entries(table),
+            })
+            .collect()
+    }
+
+    fn route_entries(&mut self, table: &crate::snapshot::RouteTable) -> Vec<pb::RouteEntry> {
+        table
+            .entries
+            .iter()
+            .map(|e| pb::RouteEntry {
+                r#match: Some(route_match(&e.matcher)),
+                rule: self.rule(&e.rule),
             })
             .collect()
     }

@@ -18,9 +18,11 @@ mod policy;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waypoint_tests;
 
 pub use decode::snapshot_of;
-pub use encode::proxy_of;
+pub use encode::{proxy_of, waypoint_proxy_of};
 
 use mesh_api::ringmesh::l7::v1::Proxy;
 
