@@ -36,20 +36,16 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use mesh_api::istio::security::Authorization;
-use mesh_api::istio::workload::Address;
 use mesh_api::type_url;
 use mesh_registry::workloads::WorkloadRegistry;
-use mesh_registry::xds::{decode_all, l7, LocalNetns};
+use mesh_registry::xds::{l7, proxy_registry};
 use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
-use mesh_tls::{HboneTls, WorkloadCert};
-use mesh_xds::{
-    CaClient, CaClientConfig, ClientConfig, ClientIdentity, ClientStats, ResourceSet, XdsClient,
-};
+use mesh_tls::HboneTls;
+use mesh_xds::connected::{self as control, RenewalObserver};
+use mesh_xds::{CaClientConfig, ClientConfig, ClientIdentity, ClientStats, ResourceSet, XdsClient};
 
 use crate::mesh::{Mesh, MeshArgs};
 
@@ -105,7 +101,6 @@ pub struct Started {
 
 /// The longest gap between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const RENEW_CHECK: Duration = Duration::from_secs(5);
 
 /// Subscribes to the Gateway's Proxy (and, with `--node`, to the workload
 /// registry) and blocks until the first snapshot is published (or the
@@ -118,7 +113,8 @@ pub fn start(
     mesh_args: &MeshArgs,
     snapshots: &SnapshotHandle,
 ) -> anyhow::Result<Started> {
-    let tls = client_tls(args)?;
+    let tls = control::client_tls(args.xds_root_cert.as_deref(), &args.xds_server_name)
+        .map_err(anyhow::Error::msg)?;
     if tls.is_some() && args.node.is_none() {
         anyhow::bail!(
             "--xds over TLS needs --node (and --node-token-file): the controller gives a \
@@ -126,7 +122,7 @@ pub fn start(
              certificate, which comes from its CA"
         );
     }
-    let address = normalize_address(address, tls.is_some());
+    let address = control::normalize_address(address, tls.is_some());
     let name = l7::resource_name(gateway);
     let node_id = format!(
         "router~{}~{}.{ns}~{ns}.svc.cluster.local",
@@ -150,7 +146,7 @@ pub fn start(
     config.client_identity = Some(client_identity.clone());
     config.max_backoff = MAX_BACKOFF;
     let client = XdsClient::new(config);
-    let handle = spawn_runtime()?;
+    let handle = control::spawn_control_runtime("gateway-xds").map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(XdsMetrics {
         stats: client.stats(),
         pushes: AtomicU64::new(0),
@@ -166,31 +162,11 @@ pub fn start(
         Some(node) => {
             let mut ca_config = CaClientConfig::new(address.clone(), node);
             ca_config.tls = tls.clone();
-            ca_config.token = match &args.node_token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read the node token {}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            // The lazy channel spawns its connection task: it must be made inside the runtime.
-            let ca = {
-                let _runtime = handle.enter();
-                CaClient::new(ca_config).map_err(anyhow::Error::msg)?
-            };
+            ca_config.token =
+                control::read_token(args.node_token_file.as_deref()).map_err(anyhow::Error::msg)?;
             let identity = mesh_args.identity(Some(gateway))?;
-            let issued = {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let (ca, wanted) = (ca.clone(), identity.clone());
-                handle.spawn(async move {
-                    let _ = tx.send(ca.issue(&wanted).await);
-                });
-                rx.recv().context("the xDS thread stopped")?.map_err(|e| {
-                    anyhow::anyhow!("certificate for {identity} from the controller's CA: {e}")
-                })?
-            };
+            let (ca, issued) = control::issue_blocking(&handle, ca_config, &identity)
+                .map_err(anyhow::Error::msg)?;
             let hbone = Arc::new(HboneTls::from_workload_cert(
                 &issued.root_pem,
                 &issued.cert,
@@ -198,7 +174,7 @@ pub fn start(
             tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
             metrics.certificates.store(1, Ordering::Relaxed);
             client_identity.set_issued(&issued);
-            handle.spawn(renew(
+            handle.spawn(control::renew(
                 ca,
                 issued.cert,
                 hbone.clone(),
@@ -222,7 +198,11 @@ pub fn start(
         metrics.clone(),
     );
     tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
-    wait_initial_sync(&metrics, &name, registry.is_some());
+    let wants_registry = registry.is_some();
+    control::wait_initial_sync(&metrics.stats, &name, || {
+        metrics.pushes.load(Ordering::Relaxed) > 0
+            && (!wants_registry || metrics.registry_pushes.load(Ordering::Relaxed) > 0)
+    });
     Ok(Started {
         metrics,
         mesh: match (hbone, registry) {
@@ -242,20 +222,6 @@ struct Subscribed {
     trust_domain: String,
 }
 
-/// The `gateway-xds` thread's tokio runtime (xDS client, CA client, renewals).
-fn spawn_runtime() -> anyhow::Result<tokio::runtime::Handle> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("xDS runtime")?;
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new()
-        .name("gateway-xds".into())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))
-        .context("cannot start the xDS thread")?;
-    Ok(handle)
-}
-
 fn spawn_client(
     handle: &tokio::runtime::Handle,
     client: XdsClient,
@@ -269,73 +235,18 @@ fn spawn_client(
                     metrics.pushes.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(resource = %to.name, version, "configuration received from the controller");
                 } else if let Some(registry) = &to.registry {
-                    registry.store(Arc::new(registry_of(all, &to.trust_domain)?));
+                    let held =
+                        |t: &str| all.get(t).into_iter().flatten().map(|(n, r)| (n, &r.resource));
+                    let next = proxy_registry(
+                        held(type_url::ADDRESS),
+                        held(type_url::AUTHORIZATION),
+                        &to.trust_domain,
+                    )?;
+                    registry.store(Arc::new(next));
                     metrics.registry_pushes.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }));
-}
-
-/// The workload registry from the full resource set (no netns paths: the
-/// gateway captures nothing); `Err` names what cannot be used (NACK).
-fn registry_of(all: &ResourceSet, trust_domain: &str) -> Result<WorkloadRegistry, String> {
-    let addresses: Vec<Address> = match all.get(type_url::ADDRESS) {
-        Some(held) => decode_all(
-            type_url::ADDRESS,
-            held.iter().map(|(n, r)| (n, &r.resource)),
-        )?,
-        None => Vec::new(),
-    };
-    let authorizations: Vec<Authorization> = match all.get(type_url::AUTHORIZATION) {
-        Some(held) => decode_all(
-            type_url::AUTHORIZATION,
-            held.iter().map(|(n, r)| (n, &r.resource)),
-        )?,
-        None => Vec::new(),
-    };
-    WorkloadRegistry::from_xds(
-        &addresses,
-        &authorizations,
-        trust_domain,
-        &LocalNetns::new(),
-    )
-}
-
-/// Renews the certificate at half-life through the controller's CA; new
-/// handshakes use the new one, established connections keep theirs. A
-/// failed renewal is retried at the next check.
-/// The xDS channel presents the new certificate from its next stream on.
-async fn renew(
-    ca: CaClient,
-    mut cert: WorkloadCert,
-    tls: Arc<HboneTls>,
-    xds_identity: ClientIdentity,
-    metrics: Arc<XdsMetrics>,
-) {
-    loop {
-        tokio::time::sleep(RENEW_CHECK).await;
-        if !cert.should_renew(std::time::SystemTime::now()) {
-            continue;
-        }
-        let renewed = ca.issue(&cert.identity).await.and_then(|issued| {
-            tls.cert_store()
-                .rotate(&issued.cert)
-                .map_err(|e| e.to_string())?;
-            xds_identity.set_issued(&issued);
-            Ok(issued.cert)
-        });
-        match renewed {
-            Ok(new) => {
-                tracing::info!(identity = %new.identity, "certificate renewed by the controller's CA");
-                metrics.renewals.fetch_add(1, Ordering::Relaxed);
-                cert = new;
-            }
-            Err(e) => {
-                metrics.renewal_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(identity = %cert.identity, error = %e, "certificate renewal failed; retrying");
-            }
-        }
-    }
 }
 
 /// The snapshot for the full resource set; `Err` names what cannot be used
@@ -349,62 +260,6 @@ pub fn snapshot_of(all: &ResourceSet, name: &str) -> Result<Snapshot, String> {
     l7::snapshot_of(&proxy).map_err(|e| format!("{name}: {e}"))
 }
 
-/// Waits for the first applied push (and the first registry push when
-/// `registry`); with a controller that stays connected for a second without
-/// sending them, starts with what it has. Waits as long as the controller
-/// is unreachable.
-fn wait_initial_sync(metrics: &XdsMetrics, name: &str, registry: bool) {
-    let mut last_log = Instant::now();
-    let mut connected_since: Option<Instant> = None;
-    loop {
-        if metrics.pushes.load(Ordering::Relaxed) > 0
-            && (!registry || metrics.registry_pushes.load(Ordering::Relaxed) > 0)
-        {
-            return;
-        }
-        if metrics.stats.connected() {
-            connected_since.get_or_insert_with(Instant::now);
-        } else {
-            connected_since = None;
-        }
-        if connected_since.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
-            tracing::warn!(resource = %name, "the controller sent no configuration for this Gateway yet; starting without listeners");
-            return;
-        }
-        if last_log.elapsed() > Duration::from_secs(5) {
-            last_log = Instant::now();
-            tracing::warn!(
-                error = metrics.stats.last_error().unwrap_or_default(),
-                "still waiting for the controller"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn client_tls(args: &ConnectedArgs) -> anyhow::Result<Option<mesh_xds::ClientTlsConfig>> {
-    let Some(path) = &args.xds_root_cert else {
-        return Ok(None);
-    };
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --xds-root-cert {}", path.display()))?;
-    Ok(Some(
-        mesh_xds::ClientTlsConfig::new()
-            .ca_certificate(mesh_xds::Certificate::from_pem(pem))
-            .domain_name(args.xds_server_name.clone()),
-    ))
-}
-
-fn normalize_address(address: &str, tls: bool) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else if tls {
-        format!("https://{address}")
-    } else {
-        format!("http://{address}")
-    }
-}
-
 /// `/metrics` series of connected mode.
 pub struct XdsMetrics {
     stats: Arc<ClientStats>,
@@ -413,6 +268,15 @@ pub struct XdsMetrics {
     certificates: AtomicU64,
     renewals: AtomicU64,
     renewal_failures: AtomicU64,
+}
+
+impl RenewalObserver for XdsMetrics {
+    fn renewed(&self) {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+    fn failed(&self) {
+        self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl mesh_runtime::MetricsSource for XdsMetrics {
@@ -496,15 +360,5 @@ mod tests {
         let err =
             snapshot_of(&set_with("infra/gw", l7::to_any(&bad_port)), "infra/gw").unwrap_err();
         assert!(err.contains("invalid port 70000"), "{err}");
-    }
-
-    #[test]
-    fn addresses_get_a_scheme() {
-        assert_eq!(
-            normalize_address("127.0.0.1:15010", false),
-            "http://127.0.0.1:15010"
-        );
-        assert_eq!(normalize_address("c:15012", true), "https://c:15012");
-        assert_eq!(normalize_address("https://c:1", false), "https://c:1");
     }
 }
