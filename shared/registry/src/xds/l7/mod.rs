@@ -9,7 +9,9 @@
 //! rate limits, and HTTPS certificates inline (a connected gateway has no
 //! other Secret source). The gateway rebuilds the same snapshot
 //! ([`snapshot_of`]); no routing decision is recomputed on its side, so both
-//! modes route identically.
+//! modes route identically. Waypoints the same way ([`waypoint_proxy_of`],
+//! kind WAYPOINT): one HBONE listener per bound Service port, decoded into
+//! `Snapshot::services`.
 
 mod decode;
 mod decode_parts;
