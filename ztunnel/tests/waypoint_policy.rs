@@ -18,13 +18,13 @@ mod grpc;
 mod topology;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use topology::apps::{pod_of, spawn_http_app_with, Answer};
+use topology::apps::{spawn_http_app_with, Answer};
+use topology::http_client::Client;
 use topology::waypoint::Waypoint;
 use topology::*;
 
@@ -343,142 +343,14 @@ fn times_seen(method: &str, path: &str) -> usize {
     seen.get(&format!("{method} {path}")).copied().unwrap_or(0)
 }
 
-// ---- the client pod's side: keep-alive HTTP/1.1 ----
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// Lower-cased head.
-    head: String,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    }
-
-    fn pod(&self) -> &str {
-        pod_of(&self.body)
-    }
-}
-
-/// An HTTP/1.1 client in the client pod: one keep-alive connection to a
-/// Service VIP, reopened when the proxy closed it.
-struct Client {
-    to: SocketAddr,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn new(to: &str) -> Self {
-        Client {
-            to: to.parse().unwrap(),
-            stream: None,
-            buf: Vec::new(),
-        }
-    }
-
-    /// A socket made in the pod's network namespace stays in it, whichever
-    /// thread then uses it.
-    fn connect(&mut self) -> std::io::Result<&mut TcpStream> {
-        if self.stream.is_none() {
-            let to = self.to;
-            let s = in_netns(&CLIENT.netns(), move || {
-                TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            })
-            .join()
-            .unwrap()?;
-            s.set_read_timeout(Some(Duration::from_secs(15)))?;
-            self.buf.clear();
-            self.stream = Some(s);
-        }
-        Ok(self.stream.as_mut().unwrap())
-    }
-
-    fn get(&mut self, path: &str) -> Response {
-        self.send("GET", path, &[], "")
-    }
-
-    fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
-        self.send("GET", path, headers, "")
-    }
-
-    /// One request and its response; panics when the connection ends
-    /// without one.
-    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
-        self.try_send(method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path} to {}: {e}", self.to))
-    }
-
-    fn try_send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> std::io::Result<Response> {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: svc\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
-        let result = self.exchange(request.as_bytes());
-        if !matches!(&result, Ok(r) if r.header("connection") != Some("close")) {
-            self.stream = None;
-        }
-        result
-    }
-
-    fn exchange(&mut self, request: &[u8]) -> std::io::Result<Response> {
-        self.connect()?.write_all(request)?;
-        let head_end = loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut response = Response {
-            status,
-            head,
-            body: String::new(),
-        };
-        let len: usize = response
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no content-length: {}", response.head));
-        while self.buf.len() < head_end + len {
-            self.fill()?;
-        }
-        response.body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned();
-        self.buf.drain(..head_end + len);
-        Ok(response)
-    }
-
-    fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 16384];
-        let n = self.stream.as_mut().unwrap().read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
+/// A keep-alive client in the client pod.
+fn client(to: &str) -> Client {
+    Client::new(&CLIENT, to)
 }
 
 /// `n` GETs of `path` on one keep-alive connection: responses per pod (all 200).
 fn pods_serving(to: &str, path: &str, n: usize) -> HashMap<String, usize> {
-    let mut client = Client::new(to);
+    let mut client = client(to);
     let mut pods = HashMap::new();
     for i in 0..n {
         let r = client.get(path);
@@ -563,7 +435,7 @@ fn waypoint_policy_inside() {
         "the echo Service answers through the waypoint",
         Duration::from_secs(10),
         || {
-            Client::new(ECHO)
+            client(ECHO)
                 .try_send("GET", "/hello", &[], "")
                 .is_ok_and(|r| {
                     r.status == 200 && r.header("x-envoy-upstream-service-time").is_some()
@@ -615,7 +487,7 @@ fn weighted_split() {
 /// HTTPRoute `retry: {codes: [503], attempts: 2}`: each first try answers
 /// 503, the retry 200; the client sees only the 200.
 fn retry_turns_503_into_200() {
-    let mut client = Client::new(ECHO);
+    let mut client = client(ECHO);
     for i in 0..5 {
         let path = format!("/retry/flaky/{i}");
         let r = client.get(&path);
@@ -632,7 +504,7 @@ fn retry_turns_503_into_200() {
 /// engine's 64 KiB buffer) is replayed; a 100 KiB body, streamed to the pod
 /// as it came, is never replayed: the client gets the pod's 503.
 fn post_is_retried_only_when_its_body_was_buffered() {
-    let mut client = Client::new(ECHO);
+    let mut client = client(ECHO);
     let r = client.send("POST", "/retry/flaky/small-post", &[], &"s".repeat(1024));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(times_seen("POST", "/retry/flaky/small-post"), 2);
@@ -652,7 +524,7 @@ fn post_is_retried_only_when_its_body_was_buffered() {
 
 /// The default rule has no retry: a POST answered 503 reached the pods once.
 fn post_without_retry_is_sent_once() {
-    let mut client = Client::new(ECHO);
+    let mut client = client(ECHO);
     for i in 0..3 {
         let path = format!("/flaky/post-{i}");
         let r = client.send("POST", &path, &[], "order=1");
@@ -663,10 +535,10 @@ fn post_without_retry_is_sent_once() {
 
 /// HTTPRoute `timeouts.request: 300ms` on a pod that takes 3 s: 504.
 fn timeout_gives_504() {
-    let r = Client::new(ECHO).get("/timeout/delay/3000");
+    let r = client(ECHO).get("/timeout/delay/3000");
     assert_eq!(r.status, 504, "{r:?}");
     // Only that rule has the timeout.
-    assert_eq!(Client::new(ECHO).get("/delay/400").status, 200);
+    assert_eq!(client(ECHO).get("/delay/400").status, 200);
 }
 
 /// DestinationRule consistentHash on `x-user`: a user stays on one pod,
@@ -674,7 +546,7 @@ fn timeout_gives_504() {
 fn consistent_hash_keeps_a_key_on_one_pod() {
     let mut owner: HashMap<usize, String> = HashMap::new();
     for round in 0..3 {
-        let mut client = Client::new(HASH);
+        let mut client = client(HASH);
         for user in 0..20 {
             let r = client.get_with("/hash", &[("x-user", &format!("user-{user}"))]);
             assert_eq!(r.status, 200, "{r:?}");
@@ -690,7 +562,7 @@ fn consistent_hash_keeps_a_key_on_one_pod() {
 /// concurrent slow requests at most 2 are served, the rest get 503 with
 /// `x-envoy-overloaded: true`.
 fn overloaded_pool_answers_503_overloaded() {
-    let responses = concurrently(6, |_| Client::new(POOL).get("/delay/1500"));
+    let responses = concurrently(6, |_| client(POOL).get("/delay/1500"));
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let overloaded: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
     assert!((1..=2).contains(&ok), "{responses:?}");
@@ -698,7 +570,7 @@ fn overloaded_pool_answers_503_overloaded() {
     for r in overloaded {
         assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{r:?}");
     }
-    assert_eq!(Client::new(POOL).get("/after").status, 200);
+    assert_eq!(client(POOL).get("/after").status, 200);
 }
 
 /// DestinationRule outlierDetection (3 consecutive 5xx, 3 s ejection),
@@ -706,7 +578,7 @@ fn overloaded_pool_answers_503_overloaded() {
 /// every request; once echo2 is healthy it comes back after the ejection.
 fn failing_pod_is_ejected_and_comes_back() {
     // One keep-alive connection: one waypoint worker (detection is per worker).
-    let mut client = Client::new(OUTLIER);
+    let mut client = client(OUTLIER);
     *APPS.failing.lock().unwrap() = Some("echo2");
     let mut failures = 0;
     let mut echo1_in_a_row = 0;
@@ -743,7 +615,7 @@ fn failing_pod_is_ejected_and_comes_back() {
 /// LocalRateLimitPolicy on the Service's HTTPRoute: 5 tokens, then 429 with
 /// the x-ratelimit headers.
 fn rate_limit_answers_429_with_headers() {
-    let mut client = Client::new(LIMITED);
+    let mut client = client(LIMITED);
     for i in 0..5 {
         let r = client.get("/limited");
         assert_eq!(r.status, 200, "request {i}: {r:?}");
@@ -760,7 +632,7 @@ fn rate_limit_answers_429_with_headers() {
 
 /// VirtualService fault abort 503 at 25%: within ±5% over 1,000 requests.
 fn fault_abort_at_its_percentage() {
-    let mut client = Client::new(FAULTY);
+    let mut client = client(FAULTY);
     let mut aborted = 0;
     for _ in 0..1000 {
         let r = client.get("/abort");
@@ -783,7 +655,7 @@ fn fault_abort_at_its_percentage() {
 /// counted, so the count does not depend on the machine's speed.
 fn fault_delay_at_its_percentage() {
     let delayed: usize = concurrently(16, |i| {
-        let mut client = Client::new(FAULTY);
+        let mut client = client(FAULTY);
         let n = if i < 8 { 63 } else { 62 };
         (0..n)
             .filter(|_| {
@@ -893,7 +765,7 @@ fn grpc_timeout_and_overload_as_grpc_status() {
 /// A Service bound to a waypoint that does not exist: the connection is
 /// refused (closed unanswered), and ztunnel counts it.
 fn missing_waypoint_is_refused(z1: &Ztunnel) {
-    let result = Client::new(LOST).try_send("GET", "/", &[], "");
+    let result = client(LOST).try_send("GET", "/", &[], "");
     assert!(result.is_err(), "fail closed: {result:?}");
     let m = z1.metrics();
     assert!(

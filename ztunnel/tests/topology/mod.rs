@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod http_client;
 pub mod waypoint;
 
 use std::fs::File;
