@@ -31,10 +31,19 @@ impl WaypointMetrics {
         }
     }
 
-    fn labels(&self, out: &mut String, d: &Destination, code: u16) {
+    /// Istio's labels for what the waypoint knows: the client's principal
+    /// (its HBONE identity) and namespace, the destination Service, the code.
+    fn labels(&self, out: &mut String, d: &Destination, code: u16, source: &str) {
+        let (principal, namespace) = if source.is_empty() {
+            ("unknown", "unknown")
+        } else {
+            (source, namespace_of(source).unwrap_or("unknown"))
+        };
         let _ = write!(
             out,
-            "reporter=\"waypoint\",source_workload=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{code}\",request_protocol=\"http\",waypoint=\"{}\"",
+            "reporter=\"waypoint\",source_workload=\"unknown\",source_workload_namespace=\"{}\",source_principal=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{code}\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\",waypoint=\"{}\"",
+            escape(namespace),
+            escape(principal),
             escape(&d.service),
             escape(&d.name),
             escape(&d.namespace),
@@ -43,26 +52,32 @@ impl WaypointMetrics {
     }
 }
 
+/// `spiffe://td/ns/NS/sa/SA` → `NS`.
+fn namespace_of(principal: &str) -> Option<&str> {
+    let rest = principal.split_once("/ns/")?.1;
+    Some(rest.split_once("/sa/").map_or(rest, |(ns, _)| ns))
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 impl mesh_runtime::MetricsSource for WaypointMetrics {
     fn render(&self, out: &mut String) {
-        let requests = self.http.requests();
+        let requests = self.http.requests_by_source();
         out.push_str("# HELP istio_requests_total Requests served by the waypoint.\n# TYPE istio_requests_total counter\n");
-        for ((d, code), s) in &requests {
+        for ((d, code, source), s) in &requests {
             out.push_str("istio_requests_total{");
-            self.labels(out, d, *code);
+            self.labels(out, d, *code, source);
             let _ = writeln!(out, "}} {}", s.count);
         }
         out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
-        for ((d, code), s) in &requests {
+        for ((d, code, source), s) in &requests {
             let mut cumulative = 0;
             for (i, n) in s.buckets.iter().enumerate() {
                 cumulative += n;
                 out.push_str("istio_request_duration_milliseconds_bucket{");
-                self.labels(out, d, *code);
+                self.labels(out, d, *code, source);
                 match DURATION_BUCKETS_MS.get(i) {
                     Some(le) => {
                         let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
@@ -73,10 +88,10 @@ impl mesh_runtime::MetricsSource for WaypointMetrics {
                 }
             }
             out.push_str("istio_request_duration_milliseconds_sum{");
-            self.labels(out, d, *code);
+            self.labels(out, d, *code, source);
             let _ = writeln!(out, "}} {}", s.sum_ms);
             out.push_str("istio_request_duration_milliseconds_count{");
-            self.labels(out, d, *code);
+            self.labels(out, d, *code, source);
             let _ = writeln!(out, "}} {}", s.count);
         }
         let counters = [
@@ -126,6 +141,8 @@ mod tests {
         let metrics = WaypointMetrics::new(http.clone(), "apps/waypoint".into());
         http.workers[0].record_request(200, None, Duration::from_millis(2));
         http.workers[1].record_request(200, None, Duration::from_millis(3));
+        let client = "spiffe://cluster.local/ns/apps/sa/client";
+        http.workers[1].record_request_from(Some(client), 403, None, Duration::from_millis(1));
         metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
         let mut out = String::new();
         metrics.render(&mut out);
@@ -140,6 +157,19 @@ mod tests {
         assert!(line.contains("waypoint=\"apps/waypoint\""), "{line}");
         assert!(line.contains("response_code=\"200\""), "{line}");
         assert!(line.ends_with("} 2"), "{line}");
+        let denied = out
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"403\""))
+            .unwrap_or_else(|| panic!("no 403 line in {out}"));
+        assert!(
+            denied.contains("source_principal=\"spiffe://cluster.local/ns/apps/sa/client\""),
+            "{denied}"
+        );
+        assert!(
+            denied.contains("source_workload_namespace=\"apps\""),
+            "{denied}"
+        );
+        assert!(denied.ends_with("} 1"), "{denied}");
         assert!(
             out.contains("\nringmesh_waypoint_tls_refused_total 1\n"),
             "{out}"

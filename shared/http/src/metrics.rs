@@ -58,7 +58,8 @@ pub struct Destination {
 #[derive(Debug, Default)]
 struct DestStats {
     labels: Option<Destination>,
-    codes: Vec<(u16, CodeStats)>,
+    /// (response code, source principal) → stats.
+    codes: Vec<(u16, Option<Box<str>>, CodeStats)>,
 }
 
 /// Written only by its own worker; read by the scraper.
@@ -89,6 +90,18 @@ impl WorkerMetrics {
     /// One finished request: its status and the cluster it went to (None when
     /// answered by the gateway before a backend was chosen).
     pub fn record_request(&self, status: u16, cluster: Option<&Cluster>, elapsed: Duration) {
+        self.record_request_from(None, status, cluster, elapsed);
+    }
+
+    /// [`WorkerMetrics::record_request`] with the client's SPIFFE identity
+    /// (the waypoint's HBONE peer), for `source_principal`.
+    pub fn record_request_from(
+        &self,
+        source: Option<&str>,
+        status: u16,
+        cluster: Option<&Cluster>,
+        elapsed: Duration,
+    ) {
         let ms = elapsed.as_secs_f64() * 1000.0;
         let key = cluster.map_or(UNKNOWN, |c| c.name.as_str());
         let mut table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,12 +119,16 @@ impl WorkerMetrics {
                 codes: Vec::new(),
             }),
         };
-        match dest.codes.iter_mut().find(|(c, _)| *c == status) {
-            Some((_, s)) => s.observe(ms),
+        let found = dest
+            .codes
+            .iter_mut()
+            .find(|(c, src, _)| *c == status && src.as_deref() == source);
+        match found {
+            Some((_, _, s)) => s.observe(ms),
             None => {
                 let mut s = CodeStats::default();
                 s.observe(ms);
-                dest.codes.push((status, s));
+                dest.codes.push((status, source.map(Box::from), s));
             }
         }
     }
@@ -150,6 +167,15 @@ impl WorkerMetrics {
 
     /// Snapshot of this worker's request table: (destination, code) → stats.
     pub fn requests(&self) -> BTreeMap<(Destination, u16), CodeStats> {
+        let mut out: BTreeMap<(Destination, u16), CodeStats> = BTreeMap::new();
+        for ((d, code, _), stats) in self.requests_by_source() {
+            out.entry((d, code)).or_default().merge(&stats);
+        }
+        out
+    }
+
+    /// (destination, code, source principal or "") → stats.
+    pub fn requests_by_source(&self) -> BTreeMap<(Destination, u16, String), CodeStats> {
         let mut out = BTreeMap::new();
         let table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for dest in table.values() {
@@ -158,8 +184,9 @@ impl WorkerMetrics {
                 name: UNKNOWN.into(),
                 namespace: UNKNOWN.into(),
             });
-            for (code, stats) in &dest.codes {
-                out.entry((labels.clone(), *code))
+            for (code, source, stats) in &dest.codes {
+                let source = source.as_deref().unwrap_or_default().to_string();
+                out.entry((labels.clone(), *code, source))
                     .or_insert_with(CodeStats::default)
                     .merge(stats);
             }
@@ -189,6 +216,17 @@ impl HttpMetrics {
             .iter()
             .map(|w| w.authz_denied.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Sum over workers, by source principal too.
+    pub fn requests_by_source(&self) -> BTreeMap<(Destination, u16, String), CodeStats> {
+        let mut total: BTreeMap<(Destination, u16, String), CodeStats> = BTreeMap::new();
+        for w in &self.workers {
+            for (k, v) in w.requests_by_source() {
+                total.entry(k).or_default().merge(&v);
+            }
+        }
+        total
     }
 
     /// Sum over workers.

@@ -79,11 +79,12 @@ pub(crate) async fn handle<S: ClientStream>(
         }
     }
     let identity = c.peer_identity.as_deref();
-    if policy::authz::check_request(h, &snapshot, c.service, identity, c.peer.ip(), &req).is_some()
-    {
+    let denied = policy::authz::check_request(h, &snapshot, c.service, identity, c.peer.ip(), &req);
+    if let Some(dest) = denied {
         let (status, body) = (403, policy::authz::DENIED_BODY);
         let none = Headers::default();
-        return answer(h, c, &req, &reader, start, status, &none, body, None).await;
+        let dest = Some(&dest);
+        return answer(h, c, &req, &reader, start, status, &none, body, dest).await;
     }
     let Some(entry) = route::select_scoped(&snapshot, c.service, c.port, &host, &req) else {
         return answer(
@@ -457,8 +458,12 @@ async fn respond<S: ClientStream>(
             write_header(out, b"upgrade", u);
         }
         out.extend_from_slice(b"\r\n");
-        h.metrics
-            .record_request(status, Some(cluster), start.elapsed());
+        h.metrics.record_request_from(
+            c.peer_identity.as_deref(),
+            status,
+            Some(cluster),
+            start.elapsed(),
+        );
         finish_log(c, status, &headers, addr, 0, start);
         if flush(&mut c.io.stream, &mut c.wbuf).await.is_err() {
             return Outcome::Close;
@@ -474,8 +479,12 @@ async fn respond<S: ClientStream>(
     let mut body =
         BodyReader::new(resp.body, None).with_idle_timeout(Some(h.options.body_idle_timeout));
     let copied = copy_body(&mut body, &mut up, &mut c.io.stream, framing, &mut c.wbuf).await;
-    h.metrics
-        .record_request(status, Some(cluster), start.elapsed());
+    h.metrics.record_request_from(
+        c.peer_identity.as_deref(),
+        status,
+        Some(cluster),
+        start.elapsed(),
+    );
     let sent_bytes = match resp.body {
         BodyKind::Length(n) if !head_request => n,
         _ => 0,

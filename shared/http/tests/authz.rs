@@ -157,6 +157,22 @@ fn allow_on_a_path_and_deny_by_principal_over_http1() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    // Requests are recorded once their response is written: wait for them.
+    let recorded =
+        |m: &mesh_http::WorkerMetrics| m.requests().values().map(|s| s.count).sum::<u64>();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (recorded(&metrics) < 2 || recorded(&intruder_metrics) < 1)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let by_source = intruder_metrics.requests_by_source();
+    assert!(
+        by_source
+            .keys()
+            .any(|(d, code, source)| d.name == "echo" && *code == 403 && source == INTRUDER),
+        "the denial is counted with the peer's principal: {by_source:?}"
+    );
     let codes: Vec<u16> = metrics.requests().keys().map(|(_, code)| *code).collect();
     assert!(codes.contains(&403) && codes.contains(&200), "{codes:?}");
 }

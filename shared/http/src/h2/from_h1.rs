@@ -173,7 +173,8 @@ async fn reply<S: ClientStream>(
     }
     let keep = body_sent && reader.is_done() && req.keep_alive && !c.drain.is_draining();
     let copied = respond(c, req, status, &headers, body, keep).await;
-    h.metrics.record_request(status, cl, start.elapsed());
+    h.metrics
+        .record_request_from(c.peer_identity.as_deref(), status, cl, start.elapsed());
     if let Some(mut log) = c.access.take() {
         log.upstream_host = Some(picked_addr);
         log.upstream_service_ms = Some(crate::access_log::service_time_of(&headers));

@@ -50,9 +50,12 @@ impl Stream<'_> {
                 }
             }
             let _ = self.respond.send_response(resp, true);
-            self.h
-                .metrics
-                .record_request(200, cluster, self.start.elapsed());
+            self.h.metrics.record_request_from(
+                self.conn.peer_identity.as_deref(),
+                200,
+                cluster,
+                self.start.elapsed(),
+            );
             if let Some(log) = self.access.take() {
                 let flags = crate::access_log::flags_for_local(status, text);
                 log.emit(200, flags, 0, self.start);
@@ -75,9 +78,12 @@ impl Stream<'_> {
             }
             _ => {}
         }
-        self.h
-            .metrics
-            .record_request(status, cluster, self.start.elapsed());
+        self.h.metrics.record_request_from(
+            self.conn.peer_identity.as_deref(),
+            status,
+            cluster,
+            self.start.elapsed(),
+        );
         crate::access_log::local_answer(self.access.take(), status, text, self.start);
     }
 
@@ -90,9 +96,12 @@ impl Stream<'_> {
         service_ms: u128,
         bytes_sent: Option<u64>,
     ) {
-        self.h
-            .metrics
-            .record_request(status, Some(cluster), self.start.elapsed());
+        self.h.metrics.record_request_from(
+            self.conn.peer_identity.as_deref(),
+            status,
+            Some(cluster),
+            self.start.elapsed(),
+        );
         if let Some(mut log) = self.access.take() {
             log.upstream_host = Some(upstream);
             log.upstream_service_ms = Some(service_ms);
@@ -114,9 +123,12 @@ impl Stream<'_> {
             mesh_registry::AbortStatus::Grpc(code) if self.grpc => {
                 let resp = grpc::trailers_only_status(code, ABORT_BODY);
                 let _ = self.respond.send_response(resp, true);
-                self.h
-                    .metrics
-                    .record_request(200, None, self.start.elapsed());
+                self.h.metrics.record_request_from(
+                    self.conn.peer_identity.as_deref(),
+                    200,
+                    None,
+                    self.start.elapsed(),
+                );
                 if let Some(log) = self.access.take() {
                     log.emit(200, "FI", 0, self.start);
                 }
@@ -175,8 +187,8 @@ pub(crate) async fn serve_request(
     let source_ip = conn.peer.ip();
     let denied =
         crate::policy::authz::check_request(h, &snapshot, conn.service, identity, source_ip, &req);
-    if denied.is_some() {
-        return s.local(403, &none, crate::policy::authz::DENIED_BODY, None);
+    if let Some(dest) = denied {
+        return s.local(403, &none, crate::policy::authz::DENIED_BODY, Some(&dest));
     }
     let Some(entry) = route::select_scoped(&snapshot, conn.service, conn.port, &host, &req) else {
         return s.local(404, &none, "no route\n", None);

@@ -205,8 +205,10 @@ pub fn remote_ip(req: &RequestHead, source: IpAddr) -> IpAddr {
 }
 
 /// The engine's hook (HTTP/1.1 and HTTP/2): the Service-scoped request
-/// (waypoint) checked against its Service's policies. Some(reason) = deny:
-/// answer 403 [`DENIED_BODY`] (gRPC: PERMISSION_DENIED); counted and logged.
+/// (waypoint) checked against its Service's policies. Some = deny: answer
+/// 403 [`DENIED_BODY`] (gRPC: PERMISSION_DENIED), recorded against the
+/// returned destination (the Service port, named like its default cluster
+/// so denials and served requests share one `destination_service`).
 pub(crate) fn check_request(
     h: &crate::HttpHandler,
     snapshot: &mesh_registry::Snapshot,
@@ -214,7 +216,7 @@ pub(crate) fn check_request(
     peer_identity: Option<&str>,
     source_ip: IpAddr,
     req: &RequestHead,
-) -> Option<String> {
+) -> Option<mesh_registry::Cluster> {
     let vip = service?;
     let route = snapshot.services.get(vip)?;
     let authz = route.authz.as_deref()?;
@@ -236,7 +238,17 @@ pub(crate) fn check_request(
                 %reason,
                 "request denied by AuthorizationPolicy"
             );
-            Some(reason)
+            Some(mesh_registry::Cluster {
+                name: format!(
+                    "{}/{}:{}",
+                    route.service.namespace, route.service.name, route.port
+                ),
+                service: route.service.clone(),
+                port: route.port,
+                endpoints: Vec::new(),
+                protocol: Default::default(),
+                policy: Default::default(),
+            })
         }
     }
 }
