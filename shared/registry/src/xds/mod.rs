@@ -8,6 +8,7 @@
 
 mod authorization;
 pub mod l7;
+mod peer_authentication;
 mod proxy_registry;
 mod reverse;
 mod services;
@@ -21,6 +22,7 @@ use mesh_config::Resources;
 use crate::workloads::WorkloadRegistry;
 
 pub use authorization::authorization_of;
+pub use peer_authentication::{static_strict_policy_name, STATIC_STRICT_POLICY};
 pub use proxy_registry::proxy_registry;
 pub use reverse::{decode_all, LocalNetns, POLICY_MARKER_LABEL_PREFIX};
 pub use services::{service_hostname, WAYPOINT_LABEL};
@@ -61,12 +63,14 @@ impl XdsResources {
             ));
         }
         addresses.sort_by(|a, b| a.0.cmp(&b.0));
-        let authorizations = resources
+        let mut authorizations: Vec<(String, Authorization)> = resources
             .authorization_policies
             .values()
             .filter_map(authorization_of)
+            .chain(peer_authentication::static_strict_policy(resources))
             .map(|p| (mesh_api::authorization_resource_name(&p), p))
             .collect();
+        authorizations.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
             addresses,
             authorizations,
@@ -98,6 +102,8 @@ pub fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
     }
 }
 
+#[cfg(test)]
+mod peer_authentication_tests;
 #[cfg(test)]
 mod reverse_tests;
 #[cfg(test)]

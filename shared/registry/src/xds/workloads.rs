@@ -71,7 +71,14 @@ pub(super) fn workloads(resources: &Resources, registry: &WorkloadRegistry) -> V
                     .unwrap_or_else(|| "latest".to_string()),
                 cluster_id: DEFAULT_CLUSTER_ID.to_string(),
                 services,
-                authorization_policies: selecting_policies(resources, w),
+                authorization_policies: {
+                    let mut names = selecting_policies(resources, w);
+                    if super::peer_authentication::is_strict(registry, w) {
+                        names.push(super::static_strict_policy_name());
+                        names.sort();
+                    }
+                    names
+                },
                 ..Default::default()
             }
         })
