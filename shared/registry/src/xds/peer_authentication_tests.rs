@@ -100,7 +100,7 @@ fn only_strict_workloads_list_it() {
     let strict = static_strict_policy_name();
     assert_eq!(
         policies_of(&xds, "Kubernetes//Pod/apps/a"),
-        [strict.clone()]
+        std::slice::from_ref(&strict)
     );
     assert!(!policies_of(&xds, "Kubernetes//Pod/apps/open").contains(&strict));
     assert!(!policies_of(&xds, "Kubernetes//Pod/legacy/c").contains(&strict));
