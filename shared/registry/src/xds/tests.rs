@@ -232,3 +232,40 @@ fn deny_policy_keeps_l4_part() {
     assert_eq!(p.action, Action::Deny as i32);
     assert_eq!(p.groups[0].rules[0].matches[0].destination_ports, [22]);
 }
+
+#[test]
+fn waypoint_policies_and_l7_conditions_stay_out_of_ztunnel() {
+    let loaded = mesh_config::load_str(
+        "p.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-service, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: b}]
+  action: DENY
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: with-when, namespace: apps}
+spec:
+  rules:
+  - when: [{key: "request.headers[x-a]", values: [y]}]
+  - from: [{source: {namespaces: [apps]}}]
+"#,
+    );
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let by_name = |name: &str| {
+        let policy = loaded
+            .resources
+            .authorization_policies
+            .values()
+            .find(|p| p.meta.name == name)
+            .unwrap();
+        authorization_of(policy)
+    };
+    assert!(by_name("on-service").is_none(), "the waypoint enforces it");
+    let with_when = by_name("with-when").unwrap();
+    assert_eq!(with_when.groups.len(), 1, "the L7 ALLOW rule is dropped");
+}
