@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use topology::apps::{spawn_http_app_with, Answer};
+use topology::apps::{pod_of, spawn_http_app_with, Answer};
 use topology::http_client::Client;
 use topology::waypoint::Waypoint;
 use topology::*;
@@ -131,6 +131,11 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /retry}}]
     retry: {codes: [503], attempts: 2, backoff: 1ms}
     backendRefs: [{name: echo, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: echo-two, port: 80}}
+    backendRefs: [{name: echo-one, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /timeout}}]
     timeouts: {request: 300ms}
     backendRefs: [{name: echo, port: 80}]
@@ -298,7 +303,7 @@ fn config() -> String {
 /// are threads of this process).
 #[derive(Default)]
 struct AppState {
-    /// Requests seen, by "METHOD PATH".
+    /// Requests seen, by "METHOD PATH" and by "POD METHOD PATH".
     seen: Mutex<HashMap<String, usize>>,
     /// `/outlier` requests to this pod answer 500.
     failing: Mutex<Option<&'static str>>,
@@ -316,6 +321,7 @@ fn answer(pod: &str, head: &str) -> Answer {
     let path = parts.next().unwrap_or_default();
     let times = {
         let mut seen = APPS.seen.lock().unwrap();
+        *seen.entry(format!("{pod} {method} {path}")).or_default() += 1;
         let n = seen.entry(format!("{method} {path}")).or_default();
         *n += 1;
         *n
@@ -448,6 +454,8 @@ fn waypoint_policy_inside() {
     post_without_retry_is_sent_once();
     post_is_retried_only_when_its_body_was_buffered();
     timeout_gives_504();
+    mirror_copies_requests_to_another_service();
+    http2_clients_get_the_same_policy();
     consistent_hash_keeps_a_key_on_one_pod();
     overloaded_pool_answers_503_overloaded();
     failing_pod_is_ejected_and_comes_back();
@@ -531,6 +539,42 @@ fn post_without_retry_is_sent_once() {
         assert_eq!(r.status, 503, "{r:?}");
         assert_eq!(times_seen("POST", &path), 1, "{path} sent exactly once");
     }
+}
+
+/// HTTPRoute RequestMirror to `echo-two` (echo2) on a route to `echo-one`
+/// (echo1): echo1 answers, echo2 gets a copy (fire and forget: polled).
+fn mirror_copies_requests_to_another_service() {
+    let mut client = client(ECHO);
+    for i in 0..5 {
+        let path = format!("/mirror/{i}");
+        let r = client.get(&path);
+        assert_eq!((r.status, r.pod()), (200, "echo1"), "{r:?}");
+        eventually(
+            &format!("echo2 got a copy of {path}"),
+            Duration::from_secs(5),
+            || times_seen("echo2 GET", &path) == 1,
+        );
+        assert_eq!(times_seen("GET", &path), 2, "one answer, one copy");
+    }
+}
+
+/// An HTTP/2 client (h2c) of the HTTP/1.1 Service: the same routes apply
+/// (weights, retry, timeout).
+fn http2_clients_get_the_same_policy() {
+    let mut paths: Vec<String> = vec!["/retry/flaky/h2".into(), "/timeout/delay/3000".into()];
+    paths.extend((0..200).map(|_| "/split".to_string()));
+    let answers = grpc::h2_gets(&CLIENT, ECHO.parse().unwrap(), paths);
+    assert_eq!(answers[0].0, 200, "retried: {:?}", answers[0]);
+    assert_eq!(times_seen("GET", "/retry/flaky/h2"), 2);
+    assert_eq!(answers[1].0, 504, "timeout: {:?}", answers[1]);
+    let mut pods: HashMap<String, usize> = HashMap::new();
+    for (status, body) in &answers[2..] {
+        assert_eq!(*status, 200, "{body}");
+        *pods.entry(pod_of(body).to_string()).or_default() += 1;
+    }
+    let one = pods.get("echo1").copied().unwrap_or(0);
+    // 80% of 200 is 160; 5 standard deviations is about 28.
+    assert!((132..=188).contains(&one), "80/20 over HTTP/2: {pods:?}");
 }
 
 /// HTTPRoute `timeouts.request: 300ms` on a pod that takes 3 s: 504.

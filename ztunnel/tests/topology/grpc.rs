@@ -1,4 +1,4 @@
-//! A gRPC-shaped h2c app and client for the pods (tokio + h2, no codegen:
+//! A gRPC-shaped h2c app and client for the pods, and plain HTTP/2 GETs (tokio + h2, no codegen:
 //! messages are UTF-8 strings in gRPC's 5-byte length-prefixed frames).
 //! Not declared in `mod.rs` (only tests with these dev-dependencies use it):
 //! `#[path = "topology/grpc.rs"] mod grpc;`.
@@ -302,6 +302,30 @@ pub fn chat(pod: &Pod, to: SocketAddr, messages: &'static [&'static str]) -> Cal
             messages: received,
             trailers,
         }
+    })
+}
+
+/// From inside `pod`: plain HTTP/2 GETs (h2c prior knowledge) of `paths`,
+/// one after another on one connection to `to`: (status, body) each.
+pub fn h2_gets(pod: &Pod, to: SocketAddr, paths: Vec<String>) -> Vec<(u16, String)> {
+    with_connection(pod, to, move |mut client| async move {
+        let mut out = Vec::new();
+        for path in paths {
+            let request = Request::get(format!("http://{to}{path}")).body(()).unwrap();
+            let (response, _) = client.send_request(request, true).expect("send GET");
+            let response = response.await.expect("response head");
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("response data");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            out.push((status, String::from_utf8_lossy(&bytes).into_owned()));
+            client = client.ready().await.expect("connection ready");
+        }
+        out
     })
 }
 
