@@ -611,6 +611,8 @@ fn validate_authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), F
             let blocks = [
                 ("ipBlocks", &from.source.ip_blocks),
                 ("notIpBlocks", &from.source.not_ip_blocks),
+                ("remoteIpBlocks", &from.source.remote_ip_blocks),
+                ("notRemoteIpBlocks", &from.source.not_remote_ip_blocks),
             ];
             for (name, list) in blocks {
                 for (i, block) in list.iter().enumerate() {
@@ -618,6 +620,25 @@ fn validate_authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), F
                         return Err(FieldError::at(
                             format!("spec.rules[{r}].from[{f}].source.{name}[{i}]"),
                             format!("not an IP address or CIDR: {block:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (w, condition) in rule.when.iter().enumerate() {
+            if !matches!(condition.key.as_str(), "source.ip" | "remote.ip") {
+                continue;
+            }
+            let lists = [
+                ("values", &condition.values),
+                ("notValues", &condition.not_values),
+            ];
+            for (name, list) in lists {
+                for (i, value) in list.iter().enumerate() {
+                    if parse_cidr(value).is_none() {
+                        return Err(FieldError::at(
+                            format!("spec.rules[{r}].when[{w}].{name}[{i}]"),
+                            format!("not an IP address or CIDR: {value:?}"),
                         ));
                     }
                 }

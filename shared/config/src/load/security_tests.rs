@@ -82,6 +82,46 @@ fn authorization_policy_and_peer_authentication_load() {
 }
 
 #[test]
+fn bad_l7_policy_addresses_are_named() {
+    let policy = |rule: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: w, namespace: apps}}\nspec:\n  targetRefs: [{{kind: Service, group: \"\", name: echo}}]\n  rules: [{rule}]\n")
+    };
+    let cases = [
+        (
+            "{from: [{source: {remoteIpBlocks: [10.0.0.0/40]}}]}",
+            "spec.rules[0].from[0].source.remoteIpBlocks[0]",
+        ),
+        (
+            "{when: [{key: remote.ip, values: [10.0.0.1], notValues: [nope]}]}",
+            "spec.rules[0].when[0].notValues[0]",
+        ),
+    ];
+    for (rule, field) in cases {
+        let loaded = load_str("policy.yaml", &policy(rule));
+        assert!(loaded.resources.authorization_policies.is_empty(), "{rule}");
+        assert_eq!(
+            loaded.errors[0].field.as_deref(),
+            Some(field),
+            "{:?}",
+            loaded.errors
+        );
+    }
+    let ok = load_str(
+        "policy.yaml",
+        &policy("{when: [{key: \"request.headers[x]\", values: [y]}]}"),
+    );
+    assert!(ok.errors.is_empty(), "{:?}", ok.errors);
+    let spec = &ok
+        .resources
+        .authorization_policies
+        .values()
+        .next()
+        .unwrap()
+        .spec;
+    assert_eq!(spec.targets().next().unwrap().kind, "Service");
+}
+
+#[test]
 fn bad_policy_fields_are_named() {
     let cases = [
         (
