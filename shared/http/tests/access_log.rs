@@ -2,6 +2,7 @@
 //! Envoy's default format, with the response flags of the cause.
 
 mod common;
+mod h2_support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -78,15 +79,27 @@ fn one_line_per_request_with_envoy_fields_and_flags() {
     assert_eq!(ok.status, 200);
     let refused = get(&gw, "/dead/x");
     assert_eq!(refused.status, 502);
+    let url = format!("http://h2.test:{}/over-h2", gw.addr.port());
+    let h2 = h2_support::runtime().block_on(async {
+        let client = h2_support::h2c_client(gw.addr).await;
+        h2_support::send(&client, h2_support::h2get(&url), None, 0).await
+    });
+    assert_eq!(h2.status, 200);
 
     // A line is written after its response: wait for both.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while lines.access_lines().len() < 2 && std::time::Instant::now() < deadline {
+    while lines.access_lines().len() < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let all = lines.access_lines();
-    assert_eq!(all.len(), 2, "one line per request: {all:#?}");
-    let first = &all[0];
+    assert_eq!(all.len(), 3, "one line per request: {all:#?}");
+    // Lines of different connections may come in any order.
+    let line_of = |what: &str| {
+        all.iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line for {what}: {all:#?}"))
+    };
+    let first = line_of("/hello");
     let expected_tail = format!("\"GET /hello?x=1 HTTP/1.1\" 200 - 0 {} ", ok.body.len());
     assert!(first.contains(&expected_tail), "{first}");
     assert!(
@@ -96,10 +109,16 @@ fn one_line_per_request_with_envoy_fields_and_flags() {
         )),
         "{first}"
     );
-    let second = &all[1];
+    let second = line_of("/dead/x");
     assert!(
         second.contains("\"GET /dead/x HTTP/1.1\" 502 UF "),
         "{second}"
     );
     assert!(second.ends_with("\"example.com\" \"-\""), "{second}");
+    let third = line_of("/over-h2");
+    assert!(
+        third.contains("\"GET /over-h2 HTTP/2\" 200 - 0 "),
+        "{third}"
+    );
+    assert!(third.ends_with(&format!("\"{}\"", up.addr)), "{third}");
 }
