@@ -110,6 +110,10 @@ fn metrics(controller: &Controller) -> String {
         ("ringmesh_xds_acks_total", s.acks),
         ("ringmesh_xds_nacks_total", s.nacks),
         ("ringmesh_xds_denied_total", s.denials),
+        (
+            "ringmesh_controller_serving_certs_issued_total",
+            crate::serving_tls::SERVING_CERTS_ISSUED.load(std::sync::atomic::Ordering::Relaxed),
+        ),
         ("ringmesh_xds_connections_active", s.connections_active),
     ];
     lines

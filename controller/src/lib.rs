@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod ca;
 pub mod grpc;
+pub mod serving_tls;
 pub mod state;
 pub mod watch;
 pub mod xds_access;

@@ -44,6 +44,10 @@ struct Args {
     /// Extra subject alternative names (IPs or DNS names) of the 15012 serving certificate.
     #[arg(long = "xds-tls-san")]
     xds_tls_sans: Vec<String>,
+    /// Lifetime of the 15012 serving certificate in seconds (renewed at half-life); tests
+    /// shorten it. Needs --ca-cert/--ca-key (the serving certificate's own CA handle).
+    #[arg(long, hide = true, requires = "ca_cert")]
+    xds_tls_cert_lifetime: Option<u64>,
     /// Sign certificates without checking the caller's node token (development only).
     #[arg(long)]
     ca_allow_unauthenticated: bool,
@@ -132,7 +136,18 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tls_config = grpc::serving_tls(&ca, &args.trust_domain, &args.xds_tls_sans)?;
+    let serving_ca = match (args.xds_tls_cert_lifetime, &args.ca_cert, &args.ca_key) {
+        (Some(seconds), Some(cert), Some(key)) => Arc::new(
+            CertificateAuthority::load(cert, key)?
+                .with_max_lifetime(std::time::Duration::from_secs(seconds)),
+        ),
+        _ => ca.clone(),
+    };
+    let serving_tls = grpc::ServingTls::start(grpc::ServingIdentity::new(
+        serving_ca,
+        &args.trust_domain,
+        &args.xds_tls_sans,
+    )?)?;
     let caller_auth = if args.ca_allow_unauthenticated {
         tracing::warn!("--ca-allow-unauthenticated: any caller may claim any node");
         CallerAuth::Unauthenticated
@@ -149,7 +164,7 @@ async fn run(args: Args, config: PathBuf) -> anyhow::Result<()> {
     ));
     let tls_task = tokio::spawn(grpc::serve(
         tls,
-        Some(tls_config),
+        Some(serving_tls),
         xds.with_authorizer(access(Transport::Tls)),
         CaService::new(ca.clone(), controller.clone(), caller_auth),
         stopped(stop_rx.clone()),

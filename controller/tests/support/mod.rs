@@ -19,6 +19,11 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// `xds_addr`: `127.0.0.1:0`, or a fixed address to restart on the same port.
     pub fn start(config: &Path, xds_addr: &str) -> Self {
+        Self::start_with(config, xds_addr, &[])
+    }
+
+    /// With extra flags.
+    pub fn start_with(config: &Path, xds_addr: &str, extra: &[String]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
             .arg("--config")
             .arg(config)
@@ -29,6 +34,7 @@ impl ControllerProcess {
                 "--admin-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
