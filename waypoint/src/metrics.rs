@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mesh_http::metrics::{Destination, DURATION_BUCKETS_MS};
+use mesh_http::metrics::{RequestKey, DURATION_BUCKETS_MS};
 use mesh_http::HttpMetrics;
 
 pub struct WaypointMetrics {
@@ -33,20 +33,29 @@ impl WaypointMetrics {
 
     /// Istio's labels for what the waypoint knows: the client's principal
     /// (its HBONE identity) and namespace, the destination Service, the code.
-    fn labels(&self, out: &mut String, d: &Destination, code: u16, source: &str) {
+    fn labels(&self, out: &mut String, key: &RequestKey) {
+        let d = &key.destination;
+        let source = key.source.as_str();
         let (principal, namespace) = if source.is_empty() {
             ("unknown", "unknown")
         } else {
             (source, namespace_of(source).unwrap_or("unknown"))
         };
+        // Istio: request_protocol "grpc" and the call's status for gRPC,
+        // an empty grpc_response_status otherwise.
+        let (protocol, grpc_status) = match key.grpc_status {
+            Some(code) => ("grpc", code.to_string()),
+            None => ("http", String::new()),
+        };
         let _ = write!(
             out,
-            "reporter=\"waypoint\",source_workload=\"unknown\",source_workload_namespace=\"{}\",source_principal=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{code}\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\",waypoint=\"{}\"",
+            "reporter=\"waypoint\",source_workload=\"unknown\",source_workload_namespace=\"{}\",source_principal=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{}\",grpc_response_status=\"{grpc_status}\",request_protocol=\"{protocol}\",connection_security_policy=\"mutual_tls\",waypoint=\"{}\"",
             escape(namespace),
             escape(principal),
             escape(&d.service),
             escape(&d.name),
             escape(&d.namespace),
+            key.code,
             escape(&self.waypoint),
         );
     }
@@ -64,20 +73,20 @@ fn escape(v: &str) -> String {
 
 impl mesh_runtime::MetricsSource for WaypointMetrics {
     fn render(&self, out: &mut String) {
-        let requests = self.http.requests_by_source();
+        let requests = self.http.requests_labeled();
         out.push_str("# HELP istio_requests_total Requests served by the waypoint.\n# TYPE istio_requests_total counter\n");
-        for ((d, code, source), s) in &requests {
+        for (key, s) in &requests {
             out.push_str("istio_requests_total{");
-            self.labels(out, d, *code, source);
+            self.labels(out, key);
             let _ = writeln!(out, "}} {}", s.count);
         }
         out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
-        for ((d, code, source), s) in &requests {
+        for (key, s) in &requests {
             let mut cumulative = 0;
             for (i, n) in s.buckets.iter().enumerate() {
                 cumulative += n;
                 out.push_str("istio_request_duration_milliseconds_bucket{");
-                self.labels(out, d, *code, source);
+                self.labels(out, key);
                 match DURATION_BUCKETS_MS.get(i) {
                     Some(le) => {
                         let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
@@ -88,10 +97,10 @@ impl mesh_runtime::MetricsSource for WaypointMetrics {
                 }
             }
             out.push_str("istio_request_duration_milliseconds_sum{");
-            self.labels(out, d, *code, source);
+            self.labels(out, key);
             let _ = writeln!(out, "}} {}", s.sum_ms);
             out.push_str("istio_request_duration_milliseconds_count{");
-            self.labels(out, d, *code, source);
+            self.labels(out, key);
             let _ = writeln!(out, "}} {}", s.count);
         }
         let counters = [
@@ -143,6 +152,7 @@ mod tests {
         http.workers[1].record_request(200, None, Duration::from_millis(3));
         let client = "spiffe://cluster.local/ns/apps/sa/client";
         http.workers[1].record_request_from(Some(client), 403, None, Duration::from_millis(1));
+        http.workers[0].record_grpc_request_from(Some(client), 200, Some(7), None, Duration::ZERO);
         metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
         let mut out = String::new();
         metrics.render(&mut out);
@@ -170,6 +180,11 @@ mod tests {
             "{denied}"
         );
         assert!(denied.ends_with("} 1"), "{denied}");
+        assert!(denied.contains("grpc_response_status=\"\""), "{denied}");
+        assert!(
+            out.contains("grpc_response_status=\"7\",request_protocol=\"grpc\""),
+            "{out}"
+        );
         assert!(
             out.contains("\nringmesh_waypoint_tls_refused_total 1\n"),
             "{out}"

@@ -58,8 +58,21 @@ pub struct Destination {
 #[derive(Debug, Default)]
 struct DestStats {
     labels: Option<Destination>,
-    /// (response code, source principal) → stats.
-    codes: Vec<(u16, Option<Box<str>>, CodeStats)>,
+    codes: Vec<(SeriesKey, CodeStats)>,
+}
+
+/// (response code, source principal, gRPC status) within one destination.
+type SeriesKey = (u16, Option<Box<str>>, Option<u32>);
+
+/// One series of `istio_requests_total`: what a request is counted by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub destination: Destination,
+    pub code: u16,
+    /// The client's SPIFFE identity, "" when unknown.
+    pub source: String,
+    /// gRPC requests: the call's status (`grpc-status`).
+    pub grpc_status: Option<u32>,
 }
 
 /// Written only by its own worker; read by the scraper.
@@ -102,6 +115,19 @@ impl WorkerMetrics {
         cluster: Option<&Cluster>,
         elapsed: Duration,
     ) {
+        self.record_grpc_request_from(source, status, None, cluster, elapsed);
+    }
+
+    /// [`WorkerMetrics::record_request_from`] for a gRPC call that ended
+    /// with `grpc_status` (None: not gRPC, or the status is unknown).
+    pub fn record_grpc_request_from(
+        &self,
+        source: Option<&str>,
+        status: u16,
+        grpc_status: Option<u32>,
+        cluster: Option<&Cluster>,
+        elapsed: Duration,
+    ) {
         let ms = elapsed.as_secs_f64() * 1000.0;
         let key = cluster.map_or(UNKNOWN, |c| c.name.as_str());
         let mut table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,13 +148,14 @@ impl WorkerMetrics {
         let found = dest
             .codes
             .iter_mut()
-            .find(|(c, src, _)| *c == status && src.as_deref() == source);
+            .find(|((c, src, g), _)| *c == status && src.as_deref() == source && *g == grpc_status);
         match found {
-            Some((_, _, s)) => s.observe(ms),
+            Some((_, s)) => s.observe(ms),
             None => {
                 let mut s = CodeStats::default();
                 s.observe(ms);
-                dest.codes.push((status, source.map(Box::from), s));
+                let key = (status, source.map(Box::from), grpc_status);
+                dest.codes.push((key, s));
             }
         }
     }
@@ -168,14 +195,16 @@ impl WorkerMetrics {
     /// Snapshot of this worker's request table: (destination, code) → stats.
     pub fn requests(&self) -> BTreeMap<(Destination, u16), CodeStats> {
         let mut out: BTreeMap<(Destination, u16), CodeStats> = BTreeMap::new();
-        for ((d, code, _), stats) in self.requests_by_source() {
-            out.entry((d, code)).or_default().merge(&stats);
+        for (key, stats) in self.requests_labeled() {
+            out.entry((key.destination, key.code))
+                .or_default()
+                .merge(&stats);
         }
         out
     }
 
-    /// (destination, code, source principal or "") → stats.
-    pub fn requests_by_source(&self) -> BTreeMap<(Destination, u16, String), CodeStats> {
+    /// Every series with all its labels.
+    pub fn requests_labeled(&self) -> BTreeMap<RequestKey, CodeStats> {
         let mut out = BTreeMap::new();
         let table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for dest in table.values() {
@@ -184,9 +213,14 @@ impl WorkerMetrics {
                 name: UNKNOWN.into(),
                 namespace: UNKNOWN.into(),
             });
-            for (code, source, stats) in &dest.codes {
-                let source = source.as_deref().unwrap_or_default().to_string();
-                out.entry((labels.clone(), *code, source))
+            for ((code, source, grpc_status), stats) in &dest.codes {
+                let key = RequestKey {
+                    destination: labels.clone(),
+                    code: *code,
+                    source: source.as_deref().unwrap_or_default().to_string(),
+                    grpc_status: *grpc_status,
+                };
+                out.entry(key)
                     .or_insert_with(CodeStats::default)
                     .merge(stats);
             }
@@ -218,11 +252,11 @@ impl HttpMetrics {
             .sum()
     }
 
-    /// Sum over workers, by source principal too.
-    pub fn requests_by_source(&self) -> BTreeMap<(Destination, u16, String), CodeStats> {
-        let mut total: BTreeMap<(Destination, u16, String), CodeStats> = BTreeMap::new();
+    /// Sum over workers, with every label.
+    pub fn requests_labeled(&self) -> BTreeMap<RequestKey, CodeStats> {
+        let mut total: BTreeMap<RequestKey, CodeStats> = BTreeMap::new();
         for w in &self.workers {
-            for (k, v) in w.requests_by_source() {
+            for (k, v) in w.requests_labeled() {
                 total.entry(k).or_default().merge(&v);
             }
         }

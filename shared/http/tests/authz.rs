@@ -166,11 +166,11 @@ fn allow_on_a_path_and_deny_by_principal_over_http1() {
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let by_source = intruder_metrics.requests_by_source();
+    let by_source = intruder_metrics.requests_labeled();
     assert!(
         by_source
             .keys()
-            .any(|(d, code, source)| d.name == "echo" && *code == 403 && source == INTRUDER),
+            .any(|k| k.destination.name == "echo" && k.code == 403 && k.source == INTRUDER),
         "the denial is counted with the peer's principal: {by_source:?}"
     );
     let codes: Vec<u16> = metrics.requests().keys().map(|(_, code)| *code).collect();
@@ -188,7 +188,7 @@ fn grpc_denial_is_permission_denied() {
         policy: Default::default(),
     });
     let snapshots = snapshot_for(&c);
-    let (client, _) = waypoint(snapshots.clone(), CLIENT);
+    let (client, metrics) = waypoint(snapshots.clone(), CLIENT);
     let (intruder, _) = waypoint(snapshots, INTRUDER);
     let call = |path: &str| {
         Request::post(format!("http://echo.apps{path}"))
@@ -217,4 +217,21 @@ fn grpc_denial_is_permission_denied() {
         let denied = send(&h2c_client(intruder).await, call("/echo.Echo/Say"), None, 0).await;
         assert_eq!(denied.header("grpc-status"), Some("7"));
     });
+    // Counted by gRPC status: the served call 0, the denied one 7.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let statuses = loop {
+        let statuses: Vec<Option<u32>> = metrics
+            .requests_labeled()
+            .keys()
+            .map(|k| k.grpc_status)
+            .collect();
+        if statuses.len() >= 2 || std::time::Instant::now() > deadline {
+            break statuses;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(
+        statuses.contains(&Some(0)) && statuses.contains(&Some(7)),
+        "{statuses:?}"
+    );
 }

@@ -50,9 +50,10 @@ impl Stream<'_> {
                 }
             }
             let _ = self.respond.send_response(resp, true);
-            self.h.metrics.record_request_from(
+            self.h.metrics.record_grpc_request_from(
                 self.conn.peer_identity.as_deref(),
                 200,
+                Some(grpc::grpc_status_for_http(status)),
                 cluster,
                 self.start.elapsed(),
             );
@@ -91,14 +92,16 @@ impl Stream<'_> {
     pub(crate) fn finish(
         &mut self,
         status: u16,
+        grpc_status: Option<u32>,
         cluster: &Cluster,
         upstream: std::net::SocketAddr,
         service_ms: u128,
         bytes_sent: Option<u64>,
     ) {
-        self.h.metrics.record_request_from(
+        self.h.metrics.record_grpc_request_from(
             self.conn.peer_identity.as_deref(),
             status,
+            grpc_status,
             Some(cluster),
             self.start.elapsed(),
         );
@@ -123,9 +126,10 @@ impl Stream<'_> {
             mesh_registry::AbortStatus::Grpc(code) if self.grpc => {
                 let resp = grpc::trailers_only_status(code, ABORT_BODY);
                 let _ = self.respond.send_response(resp, true);
-                self.h.metrics.record_request_from(
+                self.h.metrics.record_grpc_request_from(
                     self.conn.peer_identity.as_deref(),
                     200,
+                    Some(code),
                     None,
                     self.start.elapsed(),
                 );

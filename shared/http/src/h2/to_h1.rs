@@ -354,7 +354,7 @@ async fn respond(
     let mut send = match s.respond.send_response(response, end) {
         Ok(send) => send,
         Err(_) => {
-            s.finish(status, cluster, addr, service_ms, content_length);
+            s.finish(status, None, cluster, addr, service_ms, content_length);
             return;
         }
     };
@@ -386,7 +386,7 @@ async fn respond(
             }
         }
     }
-    s.finish(status, cluster, addr, service_ms, content_length);
+    s.finish(status, None, cluster, addr, service_ms, content_length);
     if clean && resp.keep_alive && h.policy.keep_connection(cluster, &up) {
         h.pool.put(addr, up);
     }

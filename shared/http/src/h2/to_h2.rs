@@ -92,7 +92,9 @@ pub(crate) async fn forward(
                                 tee.clone(),
                                 h.options.max_buffered_body_bytes,
                             )),
-                            (Some(b), None) => monoio::spawn(pump(b, upstream_send)),
+                            (Some(b), None) => monoio::spawn(async move {
+                                pump(b, upstream_send).await;
+                            }),
                             (None, _) => monoio::spawn(replay::replay(tee.clone(), upstream_send)),
                         };
                     }
@@ -184,12 +186,18 @@ pub(crate) async fn forward(
         translate::header_map(&headers, length)
     };
     let end = up_body.is_end_stream();
-    match s.respond.send_response(out, end) {
+    // Trailers-only answers carry grpc-status in the head.
+    let head_grpc_status = grpc_status_of(out.headers());
+    let trailer_grpc_status = match s.respond.send_response(out, end) {
         Ok(client_send) if !end => pump(up_body, client_send).await,
-        _ => {}
-    }
+        _ => None,
+    };
+    let grpc_status = s
+        .grpc
+        .then_some(head_grpc_status.or(trailer_grpc_status))
+        .flatten();
     let service_ms = value.parse().unwrap_or(0);
-    s.finish(status, cluster, addr, service_ms, None);
+    s.finish(status, grpc_status, cluster, addr, service_ms, None);
 }
 
 pub(super) enum Failure {
@@ -276,40 +284,52 @@ pub(super) async fn open_stream(
 /// Streams DATA and then trailers from one h2 stream to another, giving the
 /// source's window back as bytes are handed on. Either side resetting ends
 /// it (and resets the other).
-async fn pump(mut from: RecvStream, mut to: SendStream<Bytes>) {
+/// Copies a body and its trailers; returns the trailers' `grpc-status`
+/// (the call's outcome, for metrics).
+async fn pump(mut from: RecvStream, mut to: SendStream<Bytes>) -> Option<u32> {
     loop {
         let next = monoio::select! {
             d = next_data(&mut from) => d,
-            _ = reset_by_peer(&mut to) => return,
+            _ = reset_by_peer(&mut to) => return None,
         };
         match next {
             None => break,
             Some(Ok(d)) => {
                 let n = d.len();
                 if send_all(&mut to, d).await.is_err() {
-                    return;
+                    return None;
                 }
                 release(&mut from, n);
             }
             Some(Err(_)) => {
                 to.send_reset(Reason::CANCEL);
-                return;
+                return None;
             }
         }
     }
     let trailers = monoio::select! {
         t = std::future::poll_fn(|cx| from.poll_trailers(cx)) => t,
-        _ = reset_by_peer(&mut to) => return,
+        _ = reset_by_peer(&mut to) => return None,
     };
     match trailers {
         Ok(Some(t)) => {
+            let status = grpc_status_of(&t);
             let _ = to.send_trailers(t);
+            status
         }
         Ok(None) => {
             let _ = to.send_data(Bytes::new(), true);
+            None
         }
-        Err(_) => to.send_reset(Reason::CANCEL),
+        Err(_) => {
+            to.send_reset(Reason::CANCEL);
+            None
+        }
     }
+}
+
+fn grpc_status_of(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The request as sent upstream over h2: hop-by-hop fields dropped (`te:
