@@ -167,7 +167,15 @@ pub fn l7_authz_for(
         match p.spec.action {
             AuthorizationAction::Allow => authz.allow.push(compiled()),
             AuthorizationAction::Deny => authz.deny.push(compiled()),
-            AuthorizationAction::Custom => authz.custom.push(name),
+            AuthorizationAction::Custom => {
+                // Logged once per (re)load; every request is then refused.
+                tracing::warn!(
+                    policy = %name,
+                    service = %format_args!("{}/{}", service.namespace, service.name),
+                    "AuthorizationPolicy action CUSTOM is not supported (no external authorizer): requests to this Service are refused"
+                );
+                authz.custom.push(name)
+            }
             AuthorizationAction::Audit => {}
         }
     }
