@@ -278,6 +278,7 @@ async fn forward<S: ClientStream>(
     let max_tries = 1 + retry.map_or(0, |r| r.attempts);
     let mut tries = 0;
     let mut sent = Instant::now();
+    let mut last_addr = None;
     let mut picked_cookie = None;
     let mut _retry_permit = None;
     let result = {
@@ -292,6 +293,7 @@ async fn forward<S: ClientStream>(
                 break Err(AttemptError::Connect);
             };
             let addr = picked.addr;
+            last_addr = Some(addr);
             picked_cookie = picked.set_cookie;
             let now = Instant::now();
             sent = now;
@@ -345,8 +347,12 @@ async fn forward<S: ClientStream>(
         Ok(r) => r,
         Err(AttemptError::Client(e)) => return body_failure(h, c, e, false).await,
         Err(e) => {
-            if let (Some(log), AttemptError::Reset { .. }, 1) = (c.access.as_mut(), &e, tries) {
-                log.flags = Some("UC");
+            if let Some(log) = c.access.as_mut() {
+                // The endpoint last tried, as Envoy's UPSTREAM_HOST shows it.
+                log.upstream_host = last_addr;
+                if matches!(e, AttemptError::Reset { .. }) && tries == 1 {
+                    log.flags = Some("UC");
+                }
             }
             let (status, text) = match e {
                 AttemptError::Timeout => (504, "upstream request timeout\n"),
