@@ -11,6 +11,7 @@ pub mod l7;
 mod peer_authentication;
 mod proxy_registry;
 mod reverse;
+mod reverse_waypoints;
 mod services;
 mod workloads;
 
@@ -106,5 +107,7 @@ pub fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
 mod peer_authentication_tests;
 #[cfg(test)]
 mod reverse_tests;
+#[cfg(test)]
+mod reverse_waypoints_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,9 @@
 //! - Service + each workload's `services` map → `MeshService` per VIP port,
 //!   endpoints `podIP:target_port` (the workload's port, else the Service's
 //!   target port, else the service port), sorted.
+//! - Service `waypoint` → the registry's waypoint bindings
+//!   (`reverse_waypoints.rs`): the waypoint's Service and its workloads, or
+//!   a missing waypoint (fail closed).
 //! - Authorization → the registry's policy form. Istio's Group is an AND of
 //!   Rules, each an OR of Matches; the registry's rule is `from` (OR of
 //!   sources) AND `to` (OR of operations), so a Group must have at most one
@@ -35,6 +38,7 @@ use mesh_config::{
     Source,
 };
 
+use super::reverse_waypoints::{waypoints_of, Members};
 use crate::workloads::authz::ROOT_NAMESPACE;
 use crate::workloads::{spiffe_identity, MeshService, Policies, Workload, WorkloadRegistry};
 
@@ -57,8 +61,7 @@ impl WorkloadRegistry {
         let mut workloads_by_ip = HashMap::new();
         let mut service_ports: Vec<&mesh_api::istio::workload::Service> = Vec::new();
         // Service key `NS/HOSTNAME` → (workload ip, its ports for that service).
-        let mut members: HashMap<&str, Vec<(IpAddr, &mesh_api::istio::workload::PortList)>> =
-            HashMap::new();
+        let mut members: Members = HashMap::new();
         for address in addresses {
             match address.r#type.as_ref() {
                 Some(address::Type::Workload(w)) => {
@@ -77,7 +80,7 @@ impl WorkloadRegistry {
             }
         }
         let mut services = HashMap::new();
-        for service in service_ports {
+        for service in service_ports.iter().copied() {
             let key = format!("{}/{}", service.namespace, service.hostname);
             let empty = Vec::new();
             let service_members = members.get(key.as_str()).unwrap_or(&empty);
@@ -118,6 +121,7 @@ impl WorkloadRegistry {
                 }
             }
         }
+        let waypoints = waypoints_of(&service_ports, &members, &workloads_by_ip)?;
         let policies = authorizations
             .into_iter()
             .map(policy_of)
@@ -127,8 +131,7 @@ impl WorkloadRegistry {
             workloads: workloads_by_ip,
             services,
             policies: Policies::from_authorizations(policies),
-            // Fields added later (waypoint bindings) are not decoded yet.
-            ..Default::default()
+            waypoints,
         })
     }
 }
@@ -194,7 +197,7 @@ fn workload_of(
     }))
 }
 
-fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
+pub(super) fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {
         4 => Ok(IpAddr::V4(Ipv4Addr::from(
             <[u8; 4]>::try_from(bytes).unwrap_or_default(),

@@ -13,6 +13,7 @@ use crate::workloads::WorkloadRegistry;
 
 /// Label on a Service (or its Namespace) naming the waypoint that serves it.
 pub const WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+use crate::workloads::waypoints::USE_WAYPOINT_NAMESPACE_LABEL as WAYPOINT_NAMESPACE_LABEL;
 
 /// `NAME.NS.svc.cluster.local`.
 pub fn service_hostname(namespace: &str, name: &str) -> String {
@@ -54,17 +55,28 @@ pub(super) fn services(resources: &Resources, registry: &WorkloadRegistry) -> Ve
             })
             .collect();
         // The Service's own label wins over its namespace's; `none` opts out.
-        let waypoint = service
-            .meta
-            .labels
+        // The waypoint's namespace comes from the same object's
+        // `istio.io/use-waypoint-namespace`, else the Service's.
+        let ns_labels = resources.namespace_labels(namespace);
+        let from = if service.meta.labels.contains_key(WAYPOINT_LABEL) {
+            &service.meta.labels
+        } else {
+            &ns_labels
+        };
+        let waypoint = from
             .get(WAYPOINT_LABEL)
-            .cloned()
-            .or_else(|| resources.namespace_labels(namespace).remove(WAYPOINT_LABEL))
-            .filter(|w| w != "none" && !w.is_empty())
-            .map(|waypoint| GatewayAddress {
+            .filter(|w| *w != "none" && !w.is_empty())
+            .map(|waypoint| {
+                let waypoint_ns = from
+                    .get(WAYPOINT_NAMESPACE_LABEL)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(namespace);
+                (waypoint_ns.clone(), service_hostname(waypoint_ns, waypoint))
+            })
+            .map(|(waypoint_ns, hostname)| GatewayAddress {
                 destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
-                    namespace: namespace.clone(),
-                    hostname: service_hostname(namespace, &waypoint),
+                    namespace: waypoint_ns,
+                    hostname,
                 })),
                 hbone_mtls_port: HBONE_PORT,
             });
