@@ -49,13 +49,14 @@ impl WaypointMetrics {
         };
         let _ = write!(
             out,
-            "reporter=\"waypoint\",source_workload=\"unknown\",source_workload_namespace=\"{}\",source_principal=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{}\",grpc_response_status=\"{grpc_status}\",request_protocol=\"{protocol}\",connection_security_policy=\"mutual_tls\",waypoint=\"{}\"",
+            "reporter=\"waypoint\",source_workload=\"unknown\",source_workload_namespace=\"{}\",source_principal=\"{}\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",response_code=\"{}\",response_flags=\"{}\",grpc_response_status=\"{grpc_status}\",request_protocol=\"{protocol}\",connection_security_policy=\"mutual_tls\",waypoint=\"{}\"",
             escape(namespace),
             escape(principal),
             escape(&d.service),
             escape(&d.name),
             escape(&d.namespace),
             key.code,
+            key.flags,
             escape(&self.waypoint),
         );
     }
@@ -151,7 +152,8 @@ mod tests {
         http.workers[0].record_request(200, None, Duration::from_millis(2));
         http.workers[1].record_request(200, None, Duration::from_millis(3));
         let client = "spiffe://cluster.local/ns/apps/sa/client";
-        http.workers[1].record_request_from(Some(client), 403, None, Duration::from_millis(1));
+        let ms = Duration::from_millis(1);
+        http.workers[1].record_flagged(Some(client), 403, None, "RBAC", None, ms);
         http.workers[0].record_grpc_request_from(Some(client), 200, Some(7), None, Duration::ZERO);
         metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
         let mut out = String::new();
@@ -181,6 +183,7 @@ mod tests {
         );
         assert!(denied.ends_with("} 1"), "{denied}");
         assert!(denied.contains("grpc_response_status=\"\""), "{denied}");
+        assert!(denied.contains("response_flags=\"RBAC\""), "{denied}");
         assert!(
             out.contains("grpc_response_status=\"7\",request_protocol=\"grpc\""),
             "{out}"

@@ -222,6 +222,7 @@ fn waypoint_authz_inside() {
             &[
                 ("reporter", "waypoint"),
                 ("response_code", "403"),
+                ("response_flags", "RBAC"),
                 ("source_principal", INTRUDER_IDENTITY),
                 ("destination_service_name", "echo"),
             ],

@@ -53,8 +53,14 @@ pub(crate) async fn send_error<S: ClientStream>(
 ) {
     let body = format!("{reason}\n");
     let _ = write_local(c, status, &Headers::default(), &body, true).await;
-    h.metrics
-        .record_request_from(c.peer_identity.as_deref(), status, None, Duration::ZERO);
+    h.metrics.record_flagged(
+        c.peer_identity.as_deref(),
+        status,
+        None,
+        access_log::flags_for_local(status, &body),
+        None,
+        Duration::ZERO,
+    );
     let log = c.access.take().or_else(RequestLog::unparsed);
     access_log::local_answer(log, status, &body, Instant::now());
 }
@@ -75,8 +81,14 @@ pub(crate) async fn answer<S: ClientStream>(
 ) -> Outcome {
     let keep = req.keep_alive && reader.is_done() && !c.drain.is_draining();
     let r = write_local(c, status, headers, body, !keep).await;
-    h.metrics
-        .record_request_from(c.peer_identity.as_deref(), status, cluster, start.elapsed());
+    h.metrics.record_flagged(
+        c.peer_identity.as_deref(),
+        status,
+        None,
+        access_log::flags_for_local(status, body),
+        cluster,
+        start.elapsed(),
+    );
     access_log::local_answer(c.access.take(), status, body, start);
     if keep && r.is_ok() {
         Outcome::KeepAlive

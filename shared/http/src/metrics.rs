@@ -61,8 +61,9 @@ struct DestStats {
     codes: Vec<(SeriesKey, CodeStats)>,
 }
 
-/// (response code, source principal, gRPC status) within one destination.
-type SeriesKey = (u16, Option<Box<str>>, Option<u32>);
+/// (response code, source principal, gRPC status, response flags) within
+/// one destination.
+type SeriesKey = (u16, Option<Box<str>>, Option<u32>, &'static str);
 
 /// One series of `istio_requests_total`: what a request is counted by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +74,8 @@ pub struct RequestKey {
     pub source: String,
     /// gRPC requests: the call's status (`grpc-status`).
     pub grpc_status: Option<u32>,
+    /// Envoy's response flags ("-" when none).
+    pub flags: &'static str,
 }
 
 /// Written only by its own worker; read by the scraper.
@@ -128,6 +131,20 @@ impl WorkerMetrics {
         cluster: Option<&Cluster>,
         elapsed: Duration,
     ) {
+        self.record_flagged(source, status, grpc_status, "-", cluster, elapsed);
+    }
+
+    /// The general form: `flags` are Envoy's response flags of an answer
+    /// the proxy wrote itself (`access_log::flags_for_local`), "-" otherwise.
+    pub fn record_flagged(
+        &self,
+        source: Option<&str>,
+        status: u16,
+        grpc_status: Option<u32>,
+        flags: &'static str,
+        cluster: Option<&Cluster>,
+        elapsed: Duration,
+    ) {
         let ms = elapsed.as_secs_f64() * 1000.0;
         let key = cluster.map_or(UNKNOWN, |c| c.name.as_str());
         let mut table = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,16 +162,15 @@ impl WorkerMetrics {
                 codes: Vec::new(),
             }),
         };
-        let found = dest
-            .codes
-            .iter_mut()
-            .find(|((c, src, g), _)| *c == status && src.as_deref() == source && *g == grpc_status);
+        let found = dest.codes.iter_mut().find(|((c, src, g, f), _)| {
+            *c == status && src.as_deref() == source && *g == grpc_status && *f == flags
+        });
         match found {
             Some((_, s)) => s.observe(ms),
             None => {
                 let mut s = CodeStats::default();
                 s.observe(ms);
-                let key = (status, source.map(Box::from), grpc_status);
+                let key = (status, source.map(Box::from), grpc_status, flags);
                 dest.codes.push((key, s));
             }
         }
@@ -213,12 +229,13 @@ impl WorkerMetrics {
                 name: UNKNOWN.into(),
                 namespace: UNKNOWN.into(),
             });
-            for ((code, source, grpc_status), stats) in &dest.codes {
+            for ((code, source, grpc_status, flags), stats) in &dest.codes {
                 let key = RequestKey {
                     destination: labels.clone(),
                     code: *code,
                     source: source.as_deref().unwrap_or_default().to_string(),
                     grpc_status: *grpc_status,
+                    flags,
                 };
                 out.entry(key)
                     .or_insert_with(CodeStats::default)

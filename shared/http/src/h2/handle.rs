@@ -50,15 +50,16 @@ impl Stream<'_> {
                 }
             }
             let _ = self.respond.send_response(resp, true);
-            self.h.metrics.record_grpc_request_from(
+            let flags = crate::access_log::flags_for_local(status, text);
+            self.h.metrics.record_flagged(
                 self.conn.peer_identity.as_deref(),
                 200,
                 Some(grpc::grpc_status_for_http(status)),
+                flags,
                 cluster,
                 self.start.elapsed(),
             );
             if let Some(log) = self.access.take() {
-                let flags = crate::access_log::flags_for_local(status, text);
                 log.emit(200, flags, 0, self.start);
             }
             return;
@@ -79,9 +80,11 @@ impl Stream<'_> {
             }
             _ => {}
         }
-        self.h.metrics.record_request_from(
+        self.h.metrics.record_flagged(
             self.conn.peer_identity.as_deref(),
             status,
+            None,
+            crate::access_log::flags_for_local(status, text),
             cluster,
             self.start.elapsed(),
         );
@@ -126,10 +129,11 @@ impl Stream<'_> {
             mesh_registry::AbortStatus::Grpc(code) if self.grpc => {
                 let resp = grpc::trailers_only_status(code, ABORT_BODY);
                 let _ = self.respond.send_response(resp, true);
-                self.h.metrics.record_grpc_request_from(
+                self.h.metrics.record_flagged(
                     self.conn.peer_identity.as_deref(),
                     200,
                     Some(code),
+                    "FI",
                     None,
                     self.start.elapsed(),
                 );
