@@ -3,12 +3,16 @@
 //! 192.168.0.1:15012) gives the waypoint its certificate, its L7 config (one
 //! `ringmesh.l7.v1.Proxy` of kind WAYPOINT) and the workload registry; the
 //! waypoint presents that certificate on the xDS stream (the controller
-//! gives the Proxy to `sa/waypoint` only). The ztunnels run standalone on
-//! the same config and CA (xDS does not carry waypoint bindings to ztunnels
-//! yet). client → ztunnel → HBONE → waypoint (routes from the controller) →
-//! HBONE → the pods; an HTTPRoute edit on the controller changes the
-//! responses within a second. `waypoint_connected_topology` re-runs this
-//! binary's `..._inside` under `unshare -Urnm`; skipped without the tools.
+//! gives the Proxy to `sa/waypoint` only). Run twice: with the ztunnels
+//! standalone on the same config and CA (`waypoint_connected_topology`), and
+//! with the ztunnels connected too (`waypoint_connected_ztunnels_topology`:
+//! they learn the Service's waypoint from the controller's `Service.waypoint`,
+//! resolved through the waypoint's Service). client → ztunnel → HBONE →
+//! waypoint (routes from the controller) → HBONE → the pods; the waypoint
+//! counts the requests; an HTTPRoute edit on the controller changes the
+//! responses within a second; binding the Service to a waypoint that does not
+//! exist makes the client's ztunnel refuse (fail closed). Each test re-runs
+//! this binary's `..._inside` under `unshare -Urnm`; skipped without the tools.
 
 mod topology;
 
@@ -51,7 +55,8 @@ const ECHO_VIP: &str = "10.96.0.10:80";
 const WAYPOINT_IDENTITY: &str = "spiffe://cluster.local/ns/apps/sa/waypoint";
 const XDS_TLS: &str = "192.168.0.1:15012";
 
-fn config(header_value: &str) -> String {
+/// `echo_waypoint`: the waypoint the Service `echo` names (`waypoint` exists).
+fn config(header_value: &str, echo_waypoint: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -64,6 +69,16 @@ metadata: {{name: waypoint, namespace: apps}}
 spec:
   gatewayClassName: istio-waypoint
   listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+# The Service Istio deploys with every waypoint: connected ztunnels resolve
+# the waypoint's hostname (waypoint.apps.svc.cluster.local) through it.
+apiVersion: v1
+kind: Service
+metadata: {{name: waypoint, namespace: apps}}
+spec:
+  clusterIP: 10.96.0.9
+  selector: {{gateway.networking.k8s.io/gateway-name: waypoint}}
+  ports: [{{name: mesh, port: 15008}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -105,7 +120,7 @@ status: {{podIP: 10.0.2.2}}
 ---
 apiVersion: v1
 kind: Service
-metadata: {{name: echo, namespace: apps, labels: {{istio.io/use-waypoint: waypoint}}}}
+metadata: {{name: echo, namespace: apps, labels: {{istio.io/use-waypoint: {echo_waypoint}}}}}
 spec: {{clusterIP: 10.96.0.10, selector: {{app: echo}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}
 ---
 apiVersion: discovery.k8s.io/v1
@@ -150,9 +165,24 @@ stringData: {{node1: token-of-node1, node2: token-of-node2}}
 
 #[test]
 fn waypoint_connected_topology() {
+    if prerequisites("waypoint_connected_topology") {
+        run_inside_namespaces("waypoint_connected_topology_inside");
+    }
+}
+
+#[test]
+fn waypoint_connected_ztunnels_topology() {
+    if prerequisites("waypoint_connected_ztunnels_topology") {
+        run_inside_namespaces("waypoint_connected_ztunnels_topology_inside");
+    }
+}
+
+/// False (with a SKIPPED line) without the namespace tools; panics when the
+/// controller or waypoint binary has not been built.
+fn prerequisites(test: &str) -> bool {
     if let Some(why) = missing_tools() {
-        eprintln!("SKIPPED waypoint_connected_topology: {why} (scripts/test.sh installs iproute2/iptables)");
-        return;
+        eprintln!("SKIPPED {test}: {why} (scripts/test.sh installs iproute2/iptables)");
+        return false;
     }
     for bin in ["waypoint", "controller"] {
         let path = sibling(bin);
@@ -167,7 +197,7 @@ fn waypoint_connected_topology() {
             }
         );
     }
-    run_inside_namespaces("waypoint_connected_topology_inside");
+    true
 }
 
 fn sibling(bin: &str) -> PathBuf {
@@ -237,15 +267,38 @@ fn write_config(dir: &Path, text: &str) {
 #[test]
 #[ignore = "runs inside unshare -Urnm, started by waypoint_connected_topology"]
 fn waypoint_connected_topology_inside() {
-    if std::env::var_os(INNER_ENV).is_none() {
-        return;
+    if std::env::var_os(INNER_ENV).is_some() {
+        run(ZtunnelMode::Standalone);
     }
+}
+
+#[test]
+#[ignore = "runs inside unshare -Urnm, started by waypoint_connected_ztunnels_topology"]
+fn waypoint_connected_ztunnels_topology_inside() {
+    if std::env::var_os(INNER_ENV).is_some() {
+        run(ZtunnelMode::Connected);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ZtunnelMode {
+    /// `--config` (the controller's file) and `--ca-dir` (the controller's CA).
+    Standalone,
+    /// `--xds`: registry, waypoint bindings and certificates from the controller.
+    Connected,
+}
+
+fn run(mode: ZtunnelMode) {
     build(&[CLIENT, ECHO_1, ECHO_2, WAYPOINT_POD]);
     let dir = std::env::temp_dir().join(format!("ringmesh-wp-connected-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("controller")).unwrap();
     std::fs::create_dir_all(dir.join("ca")).unwrap();
-    write_config(&dir, &config("yes"));
+    write_config(&dir, &config("yes", "waypoint"));
     let mesh_file = dir.join("controller/mesh.yaml");
+    // Connected ztunnels read only their pods' netns paths from a local list.
+    let local_pods = dir.join("local-pods.yaml");
+    std::fs::write(&local_pods, config("yes", "waypoint")).unwrap();
+    std::fs::write(dir.join("node1.token"), "token-of-node1\n").unwrap();
     std::fs::write(dir.join("node2.token"), "token-of-node2\n").unwrap();
     spawn_http_app(&ECHO_1, 8080);
     spawn_http_app(&ECHO_2, 8080);
@@ -287,8 +340,27 @@ fn waypoint_connected_topology_inside() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let z1 = Ztunnel::start(ZTUNNEL, &mesh_file, 1, &dir.join("ca"));
-    let z2 = Ztunnel::start(ZTUNNEL, &mesh_file, 2, &dir.join("ca"));
+    let start_ztunnel = |node: u8| match mode {
+        ZtunnelMode::Standalone => Ztunnel::start(ZTUNNEL, &mesh_file, node, &dir.join("ca")),
+        ZtunnelMode::Connected => {
+            let extra = [
+                "--xds".to_string(),
+                XDS_TLS.into(),
+                "--xds-root-cert".into(),
+                dir.join("ca/root-cert.pem").display().to_string(),
+                "--xds-server-name".into(),
+                "192.168.0.1".into(),
+                "--node-token-file".into(),
+                dir.join(format!("node{node}.token")).display().to_string(),
+                "--pod-ip".into(),
+                format!("192.168.0.{node}"),
+            ];
+            Ztunnel::start_with(ZTUNNEL, &local_pods, node, &dir.join("unused-ca"), &extra)
+        }
+    };
+    let z1 = start_ztunnel(1);
+    let z2 = start_ztunnel(2);
+    eprintln!("ztunnels: {mode:?}");
 
     let _waypoint = KillOnDrop(
         Command::new("nsenter")
@@ -343,6 +415,19 @@ fn waypoint_connected_topology_inside() {
         assert!(!response.contains("x-via-waypoint"), "{response}");
     }
 
+    // The waypoint did the L7 work: it counted every request.
+    let metrics = in_pod_get(&WAYPOINT_POD, 15020, "/metrics").expect("waypoint metrics");
+    let served = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "waypoint"),
+            ("destination_service_name", "echo"),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(served >= 20, "waypoint istio_requests_total: {metrics}");
+
     // 2. The controller served the Proxy to the waypoint's identity over TLS
     //    (no denial), and the waypoint applied it without a NACK.
     let status = controller_status();
@@ -374,7 +459,7 @@ fn waypoint_connected_topology_inside() {
 
     // 4. A route edit on the controller reaches the waypoint within 1 s.
     let edited = Instant::now();
-    write_config(&dir, &config("edited"));
+    write_config(&dir, &config("edited", "waypoint"));
     let deadline = edited + Duration::from_secs(10);
     loop {
         let response = get("/hello").unwrap_or_default();
@@ -390,5 +475,32 @@ fn waypoint_connected_topology_inside() {
     let took = edited.elapsed();
     assert!(took < Duration::from_secs(1), "edit took {took:?}");
     eprintln!("route edit reached the connected waypoint in {took:?}");
+
+    // 5. The Service names a waypoint that does not exist: the client's
+    //    ztunnel refuses (fail closed) instead of going around the waypoint.
+    write_config(&dir, &config("edited", "nope"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = || {
+        metric_sum(
+            &z1.metrics(),
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("response_flags", "WAYPOINT_MISSING"),
+            ],
+        )
+    };
+    while refused() == 0 {
+        assert!(Instant::now() < deadline, "never failed closed");
+        let _ = get("/hello");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = refused();
+    assert_eq!(
+        get("/hello").unwrap_or_default(),
+        "",
+        "answered without its waypoint"
+    );
+    assert!(refused() > before, "the refusal is counted");
     let _ = std::fs::remove_dir_all(&dir);
 }
