@@ -32,8 +32,8 @@
 //! ```
 
 pub mod ca_client;
-pub mod connected;
 pub mod client;
+pub mod connected;
 pub mod server;
 mod version;
 
