@@ -32,6 +32,8 @@ enum Command {
     Load(load::Args),
     /// Side-by-side benchmark scenario against nginx / HAProxy / direct.
     Compare(compare::Args),
+    /// Controller scale: translation time, memory and xDS push cost at 1k/10k/50k Services.
+    ControllerScale(compare::controller_scale::Args),
     /// Reference HBONE tunnel (tokio + tokio-rustls + h2) and TCP traffic tools.
     Reftunnel(reftunnel::Args),
 }
@@ -49,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Load(a) => load::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Reftunnel(a) => reftunnel::run(a),
+        Command::ControllerScale(a) => compare::controller_scale::run(a),
     }
 }

@@ -8,6 +8,9 @@
 //! differs. `direct` sends the load straight to the backend.
 
 mod contenders;
+pub mod controller_scale;
+mod controller_scale_config;
+mod controller_scale_subscribers;
 mod hbone;
 mod hbone_report;
 mod hbone_topology;
