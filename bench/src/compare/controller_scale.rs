@@ -210,6 +210,7 @@ impl Controller {
 
 /// `load_us` and `translate_us` of a controller "config published" log line.
 pub fn parse_published_line(line: &str) -> Option<(u64, u64)> {
+    let line = strip_ansi(line);
     if !line.contains("config published") {
         return None;
     }
@@ -219,6 +220,25 @@ pub fn parse_published_line(line: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.parse().ok())
     };
     Some((field("load_us")?, field("translate_us")?))
+}
+
+/// The text without ANSI SGR sequences (`ESC [ ... m`), in case the log is colored after all
+/// (the controller is started with NO_COLOR=1).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A Prometheus text metric without labels.
@@ -523,6 +543,8 @@ mod tests {
     fn published_line_fields() {
         let line = "2026-12-08T01:00:00.000Z  INFO ringmesh_controller::state: config published generation=1 addresses=11 authorizations=0 proxies=0 config_errors=0 load_us=1234 translate_us=567";
         assert_eq!(parse_published_line(line), Some((1234, 567)));
+        let colored = "\u{1b}[2mringmesh_controller::state\u{1b}[0m: config published \u{1b}[3mload_us\u{1b}[0m\u{1b}[2m=\u{1b}[0m625 \u{1b}[3mtranslate_us\u{1b}[0m\u{1b}[2m=\u{1b}[0m209";
+        assert_eq!(parse_published_line(colored), Some((625, 209)));
         assert_eq!(parse_published_line("config published generation=1"), None);
         assert_eq!(parse_published_line("other load_us=1 translate_us=2"), None);
     }
