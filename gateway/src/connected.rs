@@ -34,7 +34,7 @@
 //!   is withheld by the controller.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +43,8 @@ use mesh_api::type_url;
 use mesh_registry::workloads::WorkloadRegistry;
 use mesh_registry::xds::{l7, proxy_registry};
 use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
-use mesh_tls::HboneTls;
-use mesh_xds::connected::{self as control, RenewalObserver};
-use mesh_xds::{CaClientConfig, ClientConfig, ClientIdentity, ClientStats, ResourceSet, XdsClient};
+use mesh_xds::connected::{self as control, XdsMetrics};
+use mesh_xds::{CaClientConfig, ClientConfig, ClientIdentity, ResourceSet, XdsClient};
 
 use crate::mesh::{Mesh, MeshArgs};
 
@@ -147,14 +146,7 @@ pub fn start(
     config.max_backoff = MAX_BACKOFF;
     let client = XdsClient::new(config);
     let handle = control::spawn_control_runtime("gateway-xds").map_err(anyhow::Error::msg)?;
-    let metrics = Arc::new(XdsMetrics {
-        stats: client.stats(),
-        pushes: AtomicU64::new(0),
-        registry_pushes: AtomicU64::new(0),
-        certificates: AtomicU64::new(0),
-        renewals: AtomicU64::new(0),
-        renewal_failures: AtomicU64::new(0),
-    });
+    let metrics = Arc::new(XdsMetrics::new("gateway", client.stats()));
 
     // With --node the certificate comes first: over TLS it is what entitles this gateway
     // to its Proxy (the controller checks its identity against the Gateway's).
@@ -165,22 +157,14 @@ pub fn start(
             ca_config.token =
                 control::read_token(args.node_token_file.as_deref()).map_err(anyhow::Error::msg)?;
             let identity = mesh_args.identity(Some(gateway))?;
-            let (ca, issued) = control::issue_blocking(&handle, ca_config, &identity)
-                .map_err(anyhow::Error::msg)?;
-            let hbone = Arc::new(HboneTls::from_workload_cert(
-                &issued.root_pem,
-                &issued.cert,
-            )?);
-            tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
-            metrics.certificates.store(1, Ordering::Relaxed);
-            client_identity.set_issued(&issued);
-            handle.spawn(control::renew(
-                ca,
-                issued.cert,
-                hbone.clone(),
-                client_identity.clone(),
+            let hbone = control::mesh_certificate(
+                &handle,
+                ca_config,
+                &identity,
+                &client_identity,
                 metrics.clone(),
-            ));
+            )
+            .map_err(anyhow::Error::msg)?;
             Some(hbone)
         }
         None => None,
@@ -199,7 +183,7 @@ pub fn start(
     );
     tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
     let wants_registry = registry.is_some();
-    control::wait_initial_sync(&metrics.stats, &name, || {
+    control::wait_initial_sync(metrics.stats(), &name, || {
         metrics.pushes.load(Ordering::Relaxed) > 0
             && (!wants_registry || metrics.registry_pushes.load(Ordering::Relaxed) > 0)
     });
@@ -260,58 +244,12 @@ pub fn snapshot_of(all: &ResourceSet, name: &str) -> Result<Snapshot, String> {
     l7::snapshot_of(&proxy).map_err(|e| format!("{name}: {e}"))
 }
 
-/// `/metrics` series of connected mode.
-pub struct XdsMetrics {
-    stats: Arc<ClientStats>,
-    pushes: AtomicU64,
-    registry_pushes: AtomicU64,
-    certificates: AtomicU64,
-    renewals: AtomicU64,
-    renewal_failures: AtomicU64,
-}
+/// Connected mode's `/metrics` series, as the admin server reads them.
+pub struct MetricsSource(pub Arc<XdsMetrics>);
 
-impl RenewalObserver for XdsMetrics {
-    fn renewed(&self) {
-        self.renewals.fetch_add(1, Ordering::Relaxed);
-    }
-    fn failed(&self) {
-        self.renewal_failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl mesh_runtime::MetricsSource for XdsMetrics {
+impl mesh_runtime::MetricsSource for MetricsSource {
     fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let s = &self.stats;
-        for (name, value) in [
-            ("ringmesh_gateway_xds_connected", u64::from(s.connected())),
-            ("ringmesh_gateway_xds_streams_opened_total", s.connects()),
-            ("ringmesh_gateway_xds_responses_total", s.responses()),
-            ("ringmesh_gateway_xds_acks_total", s.acks()),
-            ("ringmesh_gateway_xds_nacks_total", s.nacks()),
-            (
-                "ringmesh_gateway_xds_pushes_applied_total",
-                self.pushes.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_gateway_xds_registry_pushes_applied_total",
-                self.registry_pushes.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_gateway_certificates",
-                self.certificates.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_gateway_certificate_renewals_total",
-                self.renewals.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_gateway_certificate_renewal_failures_total",
-                self.renewal_failures.load(Ordering::Relaxed),
-            ),
-        ] {
-            let _ = writeln!(out, "{name} {value}");
-        }
+        self.0.render(out);
     }
 }
 

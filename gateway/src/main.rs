@@ -88,7 +88,7 @@ fn run(args: Args, log_control: mesh_runtime::LogControl) -> anyhow::Result<()> 
             }
             let started =
                 connected::start(&args.connected, address, gateway, &args.mesh, &snapshots)?;
-            runtime.add_metrics(started.metrics);
+            runtime.add_metrics(Arc::new(connected::MetricsSource(started.metrics)));
             started.mesh
         }
         None => standalone(&args, &translate_options, &snapshots, &mut runtime)?,

@@ -21,7 +21,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -30,8 +30,8 @@ use mesh_registry::workloads::{spiffe_identity, WorkloadRegistry};
 use mesh_registry::xds::{l7, proxy_registry};
 use mesh_registry::{ObjectRef, Snapshot, SnapshotHandle};
 use mesh_tls::{HboneTls, Identity};
-use mesh_xds::connected::{self as control, RenewalObserver};
-use mesh_xds::{CaClientConfig, ClientConfig, ClientIdentity, ClientStats, ResourceSet, XdsClient};
+use mesh_xds::connected::{self as control, XdsMetrics};
+use mesh_xds::{CaClientConfig, ClientConfig, ClientIdentity, ResourceSet, XdsClient};
 
 /// Flags of connected mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -98,15 +98,7 @@ pub fn start(
     ca_config.tls = tls.clone();
     ca_config.token =
         control::read_token(args.node_token_file.as_deref()).map_err(anyhow::Error::msg)?;
-    let (ca, issued) =
-        control::issue_blocking(&handle, ca_config, &identity).map_err(anyhow::Error::msg)?;
-    let hbone = Arc::new(HboneTls::from_workload_cert(
-        &issued.root_pem,
-        &issued.cert,
-    )?);
-    tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
     let client_identity = ClientIdentity::default();
-    client_identity.set_issued(&issued);
 
     let name = l7::resource_name(waypoint);
     let node_id = format!(
@@ -123,20 +115,16 @@ pub fn start(
     config.client_identity = Some(client_identity.clone());
     config.max_backoff = std::time::Duration::from_secs(5);
     let client = XdsClient::new(config);
-    let metrics = Arc::new(XdsMetrics {
-        stats: client.stats(),
-        pushes: AtomicU64::new(0),
-        registry_pushes: AtomicU64::new(0),
-        renewals: AtomicU64::new(0),
-        renewal_failures: AtomicU64::new(0),
-    });
-    handle.spawn(control::renew(
-        ca,
-        issued.cert,
-        hbone.clone(),
-        client_identity,
+    let metrics = Arc::new(XdsMetrics::new("waypoint", client.stats()));
+    // Over TLS the certificate is what entitles this waypoint to its Proxy: it comes first.
+    let hbone = control::mesh_certificate(
+        &handle,
+        ca_config,
+        &identity,
+        &client_identity,
         metrics.clone(),
-    ));
+    )
+    .map_err(anyhow::Error::msg)?;
     let registry = Arc::new(ArcSwap::from_pointee(WorkloadRegistry::default()));
     let (to, counters) = (
         (name.clone(), snapshots.clone(), registry.clone()),
@@ -163,7 +151,7 @@ pub fn start(
         Ok(())
     }));
     tracing::info!(%address, %node_id, resource = %name, "connected mode: waiting for the controller");
-    control::wait_initial_sync(&metrics.stats, &name, || {
+    control::wait_initial_sync(metrics.stats(), &name, || {
         metrics.pushes.load(Ordering::Relaxed) > 0
             && metrics.registry_pushes.load(Ordering::Relaxed) > 0
     });
@@ -188,51 +176,11 @@ fn snapshot_of(all: &ResourceSet, name: &str) -> Result<Snapshot, String> {
     l7::snapshot_of(&proxy).map_err(|e| format!("{name}: {e}"))
 }
 
-/// `/metrics` series of connected mode.
-pub struct XdsMetrics {
-    stats: Arc<ClientStats>,
-    pushes: AtomicU64,
-    registry_pushes: AtomicU64,
-    renewals: AtomicU64,
-    renewal_failures: AtomicU64,
-}
+/// Connected mode's `/metrics` series, as the admin server reads them.
+pub struct MetricsSource(pub Arc<XdsMetrics>);
 
-impl RenewalObserver for XdsMetrics {
-    fn renewed(&self) {
-        self.renewals.fetch_add(1, Ordering::Relaxed);
-    }
-    fn failed(&self) {
-        self.renewal_failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl mesh_runtime::MetricsSource for XdsMetrics {
+impl mesh_runtime::MetricsSource for MetricsSource {
     fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let s = &self.stats;
-        for (name, value) in [
-            ("ringmesh_waypoint_xds_connected", u64::from(s.connected())),
-            ("ringmesh_waypoint_xds_streams_opened_total", s.connects()),
-            ("ringmesh_waypoint_xds_acks_total", s.acks()),
-            ("ringmesh_waypoint_xds_nacks_total", s.nacks()),
-            (
-                "ringmesh_waypoint_xds_pushes_applied_total",
-                self.pushes.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_waypoint_xds_registry_pushes_applied_total",
-                self.registry_pushes.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_waypoint_certificate_renewals_total",
-                self.renewals.load(Ordering::Relaxed),
-            ),
-            (
-                "ringmesh_waypoint_certificate_renewal_failures_total",
-                self.renewal_failures.load(Ordering::Relaxed),
-            ),
-        ] {
-            let _ = writeln!(out, "{name} {value}");
-        }
+        self.0.render(out);
     }
 }

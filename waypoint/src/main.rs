@@ -127,7 +127,7 @@ struct Sources {
     tls: Arc<mesh_tls::HboneTls>,
     registry: Arc<ArcSwap<WorkloadRegistry>>,
     /// Connected mode's `/metrics` series.
-    xds_metrics: Option<Arc<connected::XdsMetrics>>,
+    xds_metrics: Option<Arc<connected::MetricsSource>>,
 }
 
 /// Connected mode: certificate, registry and snapshots from the controller.
@@ -152,7 +152,7 @@ fn connect(
     Ok(Sources {
         tls: started.tls,
         registry: started.registry,
-        xds_metrics: Some(started.metrics),
+        xds_metrics: Some(Arc::new(connected::MetricsSource(started.metrics))),
     })
 }
 

@@ -6,6 +6,7 @@
 //! start-up wait for the first push.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,100 @@ pub async fn renew(
     }
 }
 
+/// Gets `identity`'s certificate from the controller's CA (blocking, as [`issue_blocking`]),
+/// hands it to the xDS channel, and keeps it renewed at half-life on `handle`. Returns the
+/// HBONE TLS settings holding it.
+pub fn mesh_certificate(
+    handle: &tokio::runtime::Handle,
+    config: CaClientConfig,
+    identity: &Identity,
+    xds_identity: &ClientIdentity,
+    metrics: Arc<XdsMetrics>,
+) -> Result<Arc<HboneTls>, String> {
+    let (ca, issued) = issue_blocking(handle, config, identity)?;
+    let tls = HboneTls::from_workload_cert(&issued.root_pem, &issued.cert)
+        .map_err(|e| format!("certificate for {identity}: {e}"))?;
+    let tls = Arc::new(tls);
+    tracing::info!(%identity, "mesh identity: certificate issued by the controller's CA");
+    metrics.certificates.store(1, Ordering::Relaxed);
+    xds_identity.set_issued(&issued);
+    handle.spawn(renew(
+        ca,
+        issued.cert,
+        tls.clone(),
+        xds_identity.clone(),
+        metrics,
+    ));
+    Ok(tls)
+}
+
+/// The `/metrics` series of a connected proxy, named `ringmesh_<program>_...`.
+pub struct XdsMetrics {
+    program: &'static str,
+    stats: Arc<ClientStats>,
+    /// L7 configuration pushes applied.
+    pub pushes: AtomicU64,
+    /// Workload registry pushes applied.
+    pub registry_pushes: AtomicU64,
+    certificates: AtomicU64,
+    renewals: AtomicU64,
+    renewal_failures: AtomicU64,
+}
+
+impl XdsMetrics {
+    pub fn new(program: &'static str, stats: Arc<ClientStats>) -> Self {
+        Self {
+            program,
+            stats,
+            pushes: AtomicU64::new(0),
+            registry_pushes: AtomicU64::new(0),
+            certificates: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
+            renewal_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Prometheus text lines, appended to `out`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let (p, s) = (self.program, &self.stats);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, value) in [
+            ("xds_connected", u64::from(s.connected())),
+            ("xds_streams_opened_total", s.connects()),
+            ("xds_responses_total", s.responses()),
+            ("xds_acks_total", s.acks()),
+            ("xds_nacks_total", s.nacks()),
+            ("xds_pushes_applied_total", load(&self.pushes)),
+            (
+                "xds_registry_pushes_applied_total",
+                load(&self.registry_pushes),
+            ),
+            ("certificates", load(&self.certificates)),
+            ("certificate_renewals_total", load(&self.renewals)),
+            (
+                "certificate_renewal_failures_total",
+                load(&self.renewal_failures),
+            ),
+        ] {
+            let _ = writeln!(out, "ringmesh_{p}_{name} {value}");
+        }
+    }
+}
+
+impl RenewalObserver for XdsMetrics {
+    fn renewed(&self) {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+    fn failed(&self) {
+        self.renewal_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Blocks until `synced()` holds; with a controller that stays connected for a second
 /// without that happening (it has nothing for this proxy, or withholds it), returns anyway so
 /// the proxy starts with what it has. Waits as long as the controller is unreachable,
@@ -169,7 +264,25 @@ pub fn wait_initial_sync(stats: &ClientStats, what: &str, synced: impl Fn() -> b
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_address;
+    use super::*;
+
+    #[test]
+    fn metrics_are_named_after_the_program() {
+        let metrics = XdsMetrics::new("waypoint", Arc::new(ClientStats::default()));
+        metrics.pushes.fetch_add(2, Ordering::Relaxed);
+        metrics.renewed();
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("ringmesh_waypoint_xds_pushes_applied_total 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ringmesh_waypoint_certificate_renewals_total 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("ringmesh_waypoint_xds_connected 0\n"), "{out}");
+    }
 
     #[test]
     fn addresses_get_a_scheme() {
