@@ -1,6 +1,7 @@
 //! Pods → `istio.workload.Workload`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use mesh_api::istio::workload::{Port, PortList, TunnelProtocol, Workload, WorkloadType};
 use mesh_config::Resources;
@@ -16,24 +17,12 @@ pub fn workload_uid(namespace: &str, name: &str) -> String {
 
 /// One Workload per Pod with an IP, sorted by uid.
 pub(super) fn workloads(resources: &Resources, registry: &WorkloadRegistry) -> Vec<Workload> {
+    let services_of = services_by_endpoint_ip(registry);
     let mut out: Vec<Workload> = registry
         .workloads
         .values()
         .map(|w| {
-            let mut services: BTreeMap<String, Vec<Port>> = BTreeMap::new();
-            for service in registry.services.values() {
-                for endpoint in service.endpoints.iter().filter(|e| e.ip() == w.ip) {
-                    let key = format!(
-                        "{}/{}",
-                        service.namespace,
-                        service_hostname(&service.namespace, &service.name)
-                    );
-                    services.entry(key).or_default().push(Port {
-                        service_port: u32::from(service.vip.port()),
-                        target_port: u32::from(endpoint.port()),
-                    });
-                }
-            }
+            let services = services_of.get(&w.ip).cloned().unwrap_or_default();
             let services = services
                 .into_iter()
                 .map(|(k, mut ports)| {
@@ -85,6 +74,34 @@ pub(super) fn workloads(resources: &Resources, registry: &WorkloadRegistry) -> V
         .collect();
     out.sort_by(|a, b| a.uid.cmp(&b.uid));
     out
+}
+
+/// Each endpoint address's Services (`NS/HOSTNAME`) and their ports, built in one pass over
+/// the Services: looking them up per pod by scanning every Service made translation
+/// quadratic in the cluster size (bench controller-scale).
+fn services_by_endpoint_ip(
+    registry: &WorkloadRegistry,
+) -> HashMap<IpAddr, BTreeMap<String, Vec<Port>>> {
+    let mut by_ip: HashMap<IpAddr, BTreeMap<String, Vec<Port>>> = HashMap::new();
+    for service in registry.services.values() {
+        let key = format!(
+            "{}/{}",
+            service.namespace,
+            service_hostname(&service.namespace, &service.name)
+        );
+        for endpoint in &service.endpoints {
+            by_ip
+                .entry(endpoint.ip())
+                .or_default()
+                .entry(key.clone())
+                .or_default()
+                .push(Port {
+                    service_port: u32::from(service.vip.port()),
+                    target_port: u32::from(endpoint.port()),
+                });
+        }
+    }
+    by_ip
 }
 
 /// Istio lists on each workload the WORKLOAD_SELECTOR policies that select it
